@@ -1,0 +1,139 @@
+//! Messages carried by RabbitMQ.
+//!
+//! A message carries ids and an attempt number, never state: PostgreSQL is the
+//! source of truth. The JSON is versioned so that a fleet in the middle of a
+//! rolling upgrade can tell a message it cannot read from a corrupt one.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::ids::{AttachmentId, CallbackId};
+
+/// The message format version this build writes and reads.
+pub const MESSAGE_VERSION: u32 = 1;
+
+/// One job, as published to a work queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobMessage {
+    /// Fetch one attachment.
+    Fetch(FetchJob),
+    /// Deliver one task's callback.
+    Callback(CallbackJob),
+}
+
+/// A request to fetch one attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchJob {
+    /// The attachment to fetch.
+    pub attachment_id: AttachmentId,
+    /// How many attempts had finished when this job was queued. A worker
+    /// skips a job whose number no longer matches the row, because a newer
+    /// job for the same attachment is scheduled.
+    pub attempt: u32,
+}
+
+/// A request to deliver one callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackJob {
+    /// The callback to deliver.
+    pub callback_id: CallbackId,
+    /// How many attempts had finished when this job was queued.
+    pub attempt: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    version: u32,
+    #[serde(flatten)]
+    job: JobMessage,
+}
+
+/// Why a message body could not be decoded. Such a message is dead-lettered.
+#[derive(Debug, Error)]
+pub enum DecodeError {
+    #[error("message is not a valid job: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("message version {found} is not supported; this build reads version {MESSAGE_VERSION}")]
+    UnsupportedVersion { found: u32 },
+}
+
+impl JobMessage {
+    /// Serializes the message with its version.
+    pub fn encode(&self) -> Vec<u8> {
+        let envelope = Envelope {
+            version: MESSAGE_VERSION,
+            job: self.clone(),
+        };
+        serde_json::to_vec(&envelope).expect("a job message always serializes: ids and integers only")
+    }
+
+    /// Serializes the message with its version as a JSON value, for the
+    /// outbox table.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(Envelope {
+            version: MESSAGE_VERSION,
+            job: self.clone(),
+        })
+        .expect("a job message always serializes: ids and integers only")
+    }
+
+    /// Parses a message body, checking its version first.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            version: u32,
+        }
+        let VersionOnly { version } = serde_json::from_slice(body)?;
+        if version != MESSAGE_VERSION {
+            return Err(DecodeError::UnsupportedVersion { found: version });
+        }
+        let envelope: Envelope = serde_json::from_slice(body)?;
+        Ok(envelope.job)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_job_round_trips() {
+        let job = JobMessage::Fetch(FetchJob {
+            attachment_id: AttachmentId::new(),
+            attempt: 3,
+        });
+        assert_eq!(JobMessage::decode(&job.encode()).unwrap(), job);
+    }
+
+    #[test]
+    fn encoded_job_names_version_and_type() {
+        let job = JobMessage::Callback(CallbackJob {
+            callback_id: CallbackId::new(),
+            attempt: 0,
+        });
+        let value: serde_json::Value = serde_json::from_slice(&job.encode()).unwrap();
+        assert_eq!(value["version"], 1);
+        assert_eq!(value["type"], "callback");
+        assert_eq!(job.to_json(), value);
+    }
+
+    #[test]
+    fn newer_version_is_rejected() {
+        let body = br#"{"version":2,"type":"fetch","attachment_id":"0190c1a8-0000-7000-8000-000000000000","attempt":0}"#;
+        let error = JobMessage::decode(body).unwrap_err();
+        assert!(matches!(error, DecodeError::UnsupportedVersion { found: 2 }));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        assert!(matches!(
+            JobMessage::decode(b"not json"),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            JobMessage::decode(br#"{"version":1,"type":"unknown"}"#),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+}

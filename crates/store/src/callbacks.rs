@@ -1,0 +1,145 @@
+//! What a callback-worker reads and writes for one delivery attempt.
+//!
+//! Every attempt is kept in `callback_attempts`. The callback row changes
+//! only if it is still pending at the attempt number the job carried, and a
+//! retry is scheduled as an outbox row with a future `available_at`.
+
+use std::time::Duration;
+
+use attache_domain::{CallbackId, CallbackJob, CallbackStatus, JobMessage, TaskId, TeamId};
+use chrono::{DateTime, Utc};
+
+use crate::{Result, Store, parse_column};
+
+/// A callback ready to send.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub callback_id: CallbackId,
+    pub task_id: TaskId,
+    pub team_id: TeamId,
+    pub url: String,
+    /// The exact body to send.
+    pub payload: String,
+    /// The team's Standard Webhooks secret (`whsec_...`). Never log it.
+    pub signing_secret: String,
+    pub status: CallbackStatus,
+    /// Attempts finished before this one.
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The outcome of one delivery attempt.
+#[derive(Clone, Debug)]
+pub enum DeliveryResult {
+    /// The customer answered 2xx.
+    Delivered,
+    /// The attempt failed and another one is scheduled after `delay`.
+    Retry { error: String, delay: Duration },
+    /// The callback will not be sent again unless an operator replays it.
+    Dead { error: String },
+}
+
+/// One finished delivery attempt, as recorded.
+#[derive(Clone, Debug)]
+pub struct DeliveryAttempt {
+    pub callback_id: CallbackId,
+    /// The attempt number the job carried: attempts finished before it.
+    pub attempt: u32,
+    /// The response status, when a response arrived.
+    pub status_code: Option<u16>,
+    pub duration: Duration,
+    pub egress_member: Option<String>,
+    pub result: DeliveryResult,
+}
+
+impl Store {
+    /// Loads the callback a job names, with its team's signing secret.
+    pub async fn delivery(&self, callback_id: CallbackId) -> Result<Option<Delivery>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT c.task_id, t.team_id, c.url, c.payload, c.status, c.attempts,
+                        c.created_at, team.signing_secret
+                 FROM callbacks c
+                 JOIN tasks t ON t.id = c.task_id
+                 JOIN teams team ON team.id = t.team_id
+                 WHERE c.id = $1",
+                &[&callback_id.0],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(Delivery {
+            callback_id,
+            task_id: TaskId(row.get("task_id")),
+            team_id: TeamId(row.get("team_id")),
+            url: row.get("url"),
+            payload: row.get("payload"),
+            signing_secret: row.get("signing_secret"),
+            status: parse_column("callbacks.status", row.get("status"))?,
+            attempts: row.get::<_, i32>("attempts") as u32,
+            created_at: row.get("created_at"),
+        }))
+    }
+
+    /// Records one delivery attempt; returns `false` when the callback had
+    /// moved on and nothing changed.
+    pub async fn record_delivery(&self, attempt: &DeliveryAttempt) -> Result<bool> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let (status, error) = match &attempt.result {
+            DeliveryResult::Delivered => (CallbackStatus::Delivered, None),
+            DeliveryResult::Retry { error, .. } => (CallbackStatus::Pending, Some(error)),
+            DeliveryResult::Dead { error } => (CallbackStatus::Dead, Some(error)),
+        };
+        let status_code = attempt.status_code.map(i32::from);
+        let updated = tx
+            .execute(
+                "UPDATE callbacks SET status = $3, attempts = attempts + 1,
+                     last_status_code = $4, last_error = $5, egress_member = $6,
+                     last_attempt_at = now(),
+                     delivered_at = CASE WHEN $3 = 'delivered' THEN now() END
+                 WHERE id = $1 AND status = 'pending' AND attempts = $2",
+                &[
+                    &attempt.callback_id.0,
+                    &(attempt.attempt as i32),
+                    &status.as_str(),
+                    &status_code,
+                    &error,
+                    &attempt.egress_member,
+                ],
+            )
+            .await?;
+        if updated == 0 {
+            return Ok(false);
+        }
+
+        tx.execute(
+            "INSERT INTO callback_attempts (callback_id, attempt, status_code, error, duration_ms, egress_member)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &attempt.callback_id.0,
+                &(attempt.attempt as i32 + 1),
+                &status_code,
+                &error,
+                &(attempt.duration.as_millis().min(i32::MAX as u128) as i32),
+                &attempt.egress_member,
+            ],
+        )
+        .await?;
+
+        if let DeliveryResult::Retry { delay, .. } = attempt.result {
+            let job = JobMessage::Callback(CallbackJob {
+                callback_id: attempt.callback_id,
+                attempt: attempt.attempt + 1,
+            });
+            tx.execute(
+                "INSERT INTO outbox (kind, payload, available_at)
+                 VALUES ('callback', $1, now() + make_interval(secs => $2))",
+                &[&job.to_json(), &delay.as_secs_f64()],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}

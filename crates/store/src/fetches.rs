@@ -1,0 +1,261 @@
+//! What a fetch-worker reads and writes for one attempt.
+//!
+//! Recording an attempt is one transaction: the attachment row changes only
+//! if it is still pending at the attempt number the job carried (so a stale
+//! duplicate changes nothing), a retry is scheduled as an outbox row with a
+//! future `available_at`, and the last attachment of a task to reach a final
+//! state also sets the task's status and writes its callback and callback job.
+
+use std::time::Duration;
+
+use attache_domain::{
+    AttachmentId, AttachmentStatus, CallbackId, CallbackJob, ErrorCode, FetchJob, JobMessage,
+    TaskId, TaskStatus, TeamId,
+};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
+use serde::Serialize;
+
+use crate::tasks::{AttachmentView, attachment_views};
+use crate::{Result, Store, parse_column};
+
+/// The state a fetch attempt starts from.
+#[derive(Clone, Debug)]
+pub struct FetchTarget {
+    pub attachment_id: AttachmentId,
+    pub task_id: TaskId,
+    pub team_id: TeamId,
+    pub uri: String,
+    pub status: AttachmentStatus,
+    /// Attempts finished before this one.
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The outcome of one fetch attempt.
+#[derive(Clone, Debug)]
+pub enum FetchResult {
+    /// The object is in the attachment store.
+    Stored {
+        size_bytes: u64,
+        sha256: String,
+        content_type: Option<String>,
+        storage_key: String,
+    },
+    /// The attachment failed for good.
+    Failed { code: ErrorCode, message: String },
+    /// The attempt failed and another one is scheduled after `delay`.
+    Retry {
+        code: ErrorCode,
+        message: String,
+        delay: Duration,
+    },
+}
+
+/// One finished attempt, as recorded.
+#[derive(Clone, Debug)]
+pub struct FetchAttempt {
+    pub attachment_id: AttachmentId,
+    /// The attempt number the job carried: attempts finished before it.
+    pub attempt: u32,
+    /// The egress member that carried the request, if any.
+    pub egress_member: Option<String>,
+    pub result: FetchResult,
+}
+
+/// What recording an attempt changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// The row had moved on (final, or a newer attempt ran): nothing changed.
+    Stale,
+    /// The attempt is recorded and the task still has pending attachments,
+    /// or a retry is scheduled.
+    Attachment,
+    /// The attempt completed the task; its callback is queued.
+    TaskCompleted(TaskStatus),
+}
+
+/// The body of a task's callback.
+#[derive(Serialize)]
+struct CallbackPayload<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    timestamp: DateTime<Utc>,
+    data: CallbackData<'a>,
+}
+
+#[derive(Serialize)]
+struct CallbackData<'a> {
+    task_id: TaskId,
+    status: TaskStatus,
+    metadata: &'a serde_json::Value,
+    attachments: &'a [AttachmentView],
+}
+
+impl Store {
+    /// Loads the attachment a fetch job names; `None` if it does not exist.
+    pub async fn fetch_target(&self, attachment_id: AttachmentId) -> Result<Option<FetchTarget>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT a.id, a.task_id, t.team_id, a.uri, a.status, a.attempts, a.created_at
+                 FROM attachments a JOIN tasks t ON t.id = a.task_id
+                 WHERE a.id = $1",
+                &[&attachment_id.0],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(FetchTarget {
+            attachment_id,
+            task_id: TaskId(row.get("task_id")),
+            team_id: TeamId(row.get("team_id")),
+            uri: row.get("uri"),
+            status: parse_column("attachments.status", row.get("status"))?,
+            attempts: row.get::<_, i32>("attempts") as u32,
+            created_at: row.get("created_at"),
+        }))
+    }
+
+    /// Records one attempt and, when it completes the task, queues the
+    /// callback. See the module documentation for the guarantees.
+    pub async fn record_fetch(&self, attempt: &FetchAttempt) -> Result<Recorded> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+
+        let Some(task_id) = update_attachment(&tx, attempt).await? else {
+            return Ok(Recorded::Stale);
+        };
+        if let FetchResult::Retry { delay, .. } = attempt.result {
+            schedule_retry(&tx, attempt, delay).await?;
+            tx.commit().await?;
+            return Ok(Recorded::Attachment);
+        }
+
+        let completed = complete_task_if_done(&tx, task_id).await?;
+        tx.commit().await?;
+        Ok(completed.map_or(Recorded::Attachment, Recorded::TaskCompleted))
+    }
+}
+
+/// Applies the attempt to the attachment row; returns its task, or `None`
+/// when the row is no longer at this attempt.
+async fn update_attachment(tx: &Transaction<'_>, attempt: &FetchAttempt) -> Result<Option<TaskId>> {
+    let id = attempt.attachment_id.0;
+    let expected = attempt.attempt as i32;
+    let member = &attempt.egress_member;
+    let row = match &attempt.result {
+        FetchResult::Stored {
+            size_bytes,
+            sha256,
+            content_type,
+            storage_key,
+        } => {
+            tx.query_opt(
+                "UPDATE attachments SET status = 'succeeded', attempts = attempts + 1,
+                     size_bytes = $3, sha256 = $4, content_type = $5, storage_key = $6,
+                     egress_member = $7, error_code = NULL, error_message = NULL,
+                     updated_at = now(), completed_at = now()
+                 WHERE id = $1 AND status = 'pending' AND attempts = $2
+                 RETURNING task_id",
+                &[&id, &expected, &(*size_bytes as i64), sha256, content_type, storage_key, member],
+            )
+            .await?
+        }
+        FetchResult::Failed { code, message } => {
+            tx.query_opt(
+                "UPDATE attachments SET status = 'failed', attempts = attempts + 1,
+                     error_code = $3, error_message = $4, egress_member = $5,
+                     updated_at = now(), completed_at = now()
+                 WHERE id = $1 AND status = 'pending' AND attempts = $2
+                 RETURNING task_id",
+                &[&id, &expected, &code.as_str(), message, member],
+            )
+            .await?
+        }
+        FetchResult::Retry { code, message, .. } => {
+            tx.query_opt(
+                "UPDATE attachments SET attempts = attempts + 1,
+                     error_code = $3, error_message = $4, egress_member = $5, updated_at = now()
+                 WHERE id = $1 AND status = 'pending' AND attempts = $2
+                 RETURNING task_id",
+                &[&id, &expected, &code.as_str(), message, member],
+            )
+            .await?
+        }
+    };
+    Ok(row.map(|row| TaskId(row.get("task_id"))))
+}
+
+async fn schedule_retry(tx: &Transaction<'_>, attempt: &FetchAttempt, delay: Duration) -> Result<()> {
+    let job = JobMessage::Fetch(FetchJob {
+        attachment_id: attempt.attachment_id,
+        attempt: attempt.attempt + 1,
+    });
+    tx.execute(
+        "INSERT INTO outbox (kind, payload, available_at)
+         VALUES ('fetch', $1, now() + make_interval(secs => $2))",
+        &[&job.to_json(), &delay.as_secs_f64()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Sets the task's final status and queues its callback once no attachment
+/// is pending. The task row lock serialises the last two attachments of a
+/// task finishing at once: the second to take it sees both outcomes.
+async fn complete_task_if_done(tx: &Transaction<'_>, task_id: TaskId) -> Result<Option<TaskStatus>> {
+    let task = tx
+        .query_one(
+            "SELECT callback_url, metadata, status FROM tasks WHERE id = $1 FOR UPDATE",
+            &[&task_id.0],
+        )
+        .await?;
+    if task.get::<_, &str>("status") != TaskStatus::Pending.as_str() {
+        return Ok(None);
+    }
+    let attachments = attachment_views(tx, task_id).await?;
+    if attachments.iter().any(|a| !a.status.is_final()) {
+        return Ok(None);
+    }
+    let succeeded = attachments
+        .iter()
+        .filter(|a| a.status == AttachmentStatus::Succeeded)
+        .count();
+    let status = TaskStatus::from_counts(succeeded, attachments.len() - succeeded);
+
+    tx.execute(
+        "UPDATE tasks SET status = $2, completed_at = now() WHERE id = $1",
+        &[&task_id.0, &status.as_str()],
+    )
+    .await?;
+
+    let metadata: serde_json::Value = task.get("metadata");
+    let payload = CallbackPayload {
+        kind: "task.completed",
+        timestamp: Utc::now(),
+        data: CallbackData {
+            task_id,
+            status,
+            metadata: &metadata,
+            attachments: &attachments,
+        },
+    };
+    let body = serde_json::to_string(&payload).expect("callback payload holds only serializable values");
+    let callback_id = CallbackId::new();
+    let url: String = task.get("callback_url");
+    tx.execute(
+        "INSERT INTO callbacks (id, task_id, url, payload) VALUES ($1, $2, $3, $4)",
+        &[&callback_id.0, &task_id.0, &url, &body],
+    )
+    .await?;
+    let job = JobMessage::Callback(CallbackJob {
+        callback_id,
+        attempt: 0,
+    });
+    tx.execute(
+        "INSERT INTO outbox (kind, payload) VALUES ('callback', $1)",
+        &[&job.to_json()],
+    )
+    .await?;
+    Ok(Some(status))
+}

@@ -1,0 +1,137 @@
+//! The PostgreSQL store, Attaché's source of truth.
+//!
+//! [`Store`] wraps a connection pool. Every query lives in one of the topic
+//! modules below; callers never write SQL. Migrations run at every binary's
+//! start under a session advisory lock, so replicas starting together do not
+//! race each other.
+//!
+//! - [`teams`]: teams and their hashed API keys.
+//! - [`tasks`]: accepting a task with its attachments and fetch jobs in one
+//!   transaction, and reading it back.
+//! - [`fetches`]: what a fetch-worker loads and records per attempt, including
+//!   completing the task and queueing its callback.
+//! - [`callbacks`]: what a callback-worker loads and records per attempt.
+//! - [`outbox`]: jobs waiting to be published, and the notification that
+//!   wakes the relay.
+
+pub mod callbacks;
+pub mod fetches;
+pub mod outbox;
+pub mod tasks;
+pub mod teams;
+
+use std::time::Duration;
+
+use attache_config::DatabaseArgs;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use thiserror::Error;
+use tokio_postgres::NoTls;
+
+mod embedded {
+    refinery::embed_migrations!("../../migrations");
+}
+
+/// Key of the session advisory lock held while migrating.
+const MIGRATION_LOCK_KEY: i64 = 0x6174_7461_6368_6501;
+
+/// A failure to reach PostgreSQL or to run a statement. Callers treat every
+/// store error as transient: the job is retried, nothing is marked failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("no database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database statement failed: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] refinery::Error),
+    #[error("invalid database URL: {0}")]
+    Config(String),
+    #[error("unexpected value in column `{column}`: {value}")]
+    Corrupt { column: &'static str, value: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A pool of PostgreSQL connections and the queries that use them.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    database_url: String,
+}
+
+impl Store {
+    /// Builds the pool. No connection is opened until the first query.
+    pub fn connect(args: &DatabaseArgs) -> Result<Self> {
+        let config: tokio_postgres::Config = args
+            .database_url
+            .parse()
+            .map_err(|error: tokio_postgres::Error| StoreError::Config(error.to_string()))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                // A cheap check on checkout; a dead connection is replaced.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(args.database_pool_size)
+            .runtime(Runtime::Tokio1)
+            // deadpool waits forever by default; a drained pool must fail a
+            // job so it is retried, not hang it.
+            .wait_timeout(Some(args.database_wait_timeout))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|error| StoreError::Config(error.to_string()))?;
+        Ok(Self {
+            pool,
+            database_url: args.database_url.clone(),
+        })
+    }
+
+    /// Applies pending migrations under a session advisory lock.
+    pub async fn migrate(&self) -> Result<()> {
+        let mut client = self.pool.get().await?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .await?;
+        let outcome = embedded::migrations::runner()
+            .run_async(&mut **client)
+            .await;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+            .await?;
+        let report = outcome?;
+        for migration in report.applied_migrations() {
+            tracing::info!(version = migration.version(), name = migration.name(), "applied migration");
+        }
+        Ok(())
+    }
+
+    /// Runs a trivial query, for readiness checks.
+    pub async fn ping(&self) -> Result<()> {
+        let client = self.pool.get().await?;
+        client.execute("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    /// Borrows a pooled connection, for callers that hold a transaction
+    /// across other I/O, such as the outbox relay.
+    pub async fn connection(&self) -> Result<deadpool_postgres::Object> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Returns the URL this store connects to, for dedicated connections
+    /// that a pool cannot provide (LISTEN).
+    pub fn database_url(&self) -> &str {
+        &self.database_url
+    }
+}
+
+fn parse_column<T: std::str::FromStr>(column: &'static str, value: &str) -> Result<T> {
+    value.parse().map_err(|_| StoreError::Corrupt {
+        column,
+        value: value.to_owned(),
+    })
+}

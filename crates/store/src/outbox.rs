@@ -1,0 +1,98 @@
+//! Jobs waiting to be published to RabbitMQ.
+//!
+//! The relay claims due rows with `FOR UPDATE SKIP LOCKED` inside a
+//! transaction, publishes them, waits for the broker's confirms, deletes the
+//! rows and commits. Replicas skip each other's claimed rows, so under normal
+//! operation no row is published twice; a relay that dies between publishing
+//! and committing leaves its rows to be published again, which the workers'
+//! attempt check makes harmless.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Transaction;
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::Result;
+
+/// The channel the outbox trigger notifies.
+pub const CHANNEL: &str = "attache_outbox";
+
+/// A due job.
+#[derive(Clone, Debug)]
+pub struct OutboxRow {
+    pub id: i64,
+    /// `fetch` or `callback`: which work queue the job goes to.
+    pub kind: String,
+    pub payload: serde_json::Value,
+}
+
+/// Claims up to `limit` due rows, oldest first, skipping rows another relay
+/// holds. The claim lasts until `tx` ends.
+pub async fn claim(tx: &Transaction<'_>, limit: i64) -> Result<Vec<OutboxRow>> {
+    let rows = tx
+        .query(
+            "SELECT id, kind, payload FROM outbox
+             WHERE available_at <= now()
+             ORDER BY available_at, id
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| OutboxRow {
+            id: row.get("id"),
+            kind: row.get("kind"),
+            payload: row.get("payload"),
+        })
+        .collect())
+}
+
+/// Deletes published rows.
+pub async fn delete(tx: &Transaction<'_>, ids: &[i64]) -> Result<()> {
+    tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])
+        .await?;
+    Ok(())
+}
+
+/// Returns the number of rows due now and the age in seconds of the oldest.
+pub async fn backlog(tx: &impl deadpool_postgres::GenericClient) -> Result<(i64, f64)> {
+    let row = tx
+        .query_one(
+            "SELECT count(*) AS due,
+                    COALESCE(EXTRACT(EPOCH FROM now() - min(available_at))::float8, 0) AS age
+             FROM outbox WHERE available_at <= now()",
+            &[],
+        )
+        .await?;
+    Ok((row.get("due"), row.get("age")))
+}
+
+/// Opens a dedicated connection that listens on [`CHANNEL`] and wakes
+/// `notify` on every notification. Returns when the connection ends, so the
+/// caller can reconnect; a pooled connection cannot receive notifications.
+pub async fn listen(database_url: &str, notify: Arc<Notify>) -> Result<()> {
+    let (client, mut connection) = tokio_postgres::connect(database_url, NoTls).await?;
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    // The connection must be polled while LISTEN runs, so both go together.
+    let pump = async {
+        while let Some(message) = messages.next().await {
+            if let AsyncMessage::Notification(_) = message? {
+                notify.notify_one();
+            }
+        }
+        Ok::<_, tokio_postgres::Error>(())
+    };
+    let subscribe = async {
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        std::future::pending::<Result<(), tokio_postgres::Error>>().await
+    };
+    tokio::select! {
+        result = pump => result?,
+        result = subscribe => result?,
+    }
+    Ok(())
+}
