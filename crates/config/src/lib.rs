@@ -47,7 +47,7 @@ pub struct BrokerArgs {
     /// Deliveries of one message before RabbitMQ dead-letters it. Counts
     /// redeliveries after crashes, so a message that kills its worker
     /// cannot loop forever.
-    #[arg(long, env = "ATTACHE_QUEUE_DELIVERY_LIMIT", default_value_t = 10)]
+    #[arg(long, env = "ATTACHE_QUEUE_DELIVERY_LIMIT", default_value_t = 20)]
     pub queue_delivery_limit: u32,
 }
 

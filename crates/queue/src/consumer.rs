@@ -1,0 +1,192 @@
+//! The consumer loop every worker runs.
+//!
+//! One connection and one channel per worker process, with prefetch equal to
+//! the worker's concurrency; each delivery runs in its own task, so up to
+//! `prefetch` jobs are in flight. The loop reconnects after any connection or
+//! channel loss: unacknowledged deliveries are redelivered by the broker, and
+//! handlers are idempotent, so nothing is lost or done twice in effect.
+//!
+//! On shutdown the consumer is cancelled first, so no new delivery arrives,
+//! then in-flight jobs get until the deadline to finish and acknowledge.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::connect::connect;
+use crate::topology::{QueueKind, Topology};
+
+/// What to do with a delivery once its handler returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// The outcome is committed (or the job was stale): acknowledge.
+    Ack,
+    /// The job could not run because of our own infrastructure (database
+    /// unreachable): return it to the queue. `basic.reject` with requeue is
+    /// the call the quorum queue's delivery limit counts, so a message that
+    /// keeps failing ends in the dead-letter queue instead of looping.
+    Requeue,
+    /// The message can never be processed (undecodable): reject without
+    /// requeue, which routes it to the dead-letter queue.
+    DeadLetter,
+}
+
+/// Handles one delivery's body.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn handle(&self, body: &[u8]) -> Disposition;
+}
+
+/// How a worker consumes.
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    pub amqp_url: String,
+    /// Shown in the broker's connection list.
+    pub connection_name: String,
+    pub topology: Topology,
+    pub kind: QueueKind,
+    /// Deliveries in flight at once.
+    pub prefetch: u16,
+    /// How long in-flight jobs may run after shutdown starts.
+    pub shutdown_deadline: Duration,
+    /// Pause before requeueing, so an outage of our own database does not
+    /// spend a message's delivery limit in a tight loop.
+    pub requeue_delay: Duration,
+}
+
+/// Why a consumer stopped before shutdown.
+#[derive(Debug, thiserror::Error)]
+enum ConsumeError {
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker cancelled the consumer (queue deleted?)")]
+    Cancelled,
+}
+
+/// Consumes until `shutdown` fires, reconnecting after every loss. `ready`
+/// is true while the consumer is attached to its queue.
+pub async fn run_consumer(
+    settings: ConsumerSettings,
+    handler: Arc<dyn Handler>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let queue = settings.topology.work_queue(settings.kind);
+    loop {
+        let Some(connection) =
+            connect(&settings.amqp_url, &settings.connection_name, &shutdown).await
+        else {
+            break;
+        };
+        let outcome = consume(&settings, &connection, &handler, &ready, &shutdown).await;
+        ready.store(false, Ordering::Relaxed);
+        let _ = connection.close(200, "shutting down".into()).await;
+        match outcome {
+            Ok(()) => break,
+            Err(error) => {
+                tracing::warn!(%error, queue, "lost the RabbitMQ consumer; reconnecting");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    tracing::info!(queue, "consumer stopped");
+}
+
+/// Consumes on one connection. Returns `Ok` after a clean shutdown and the
+/// error after a loss.
+async fn consume(
+    settings: &ConsumerSettings,
+    connection: &Connection,
+    handler: &Arc<dyn Handler>,
+    ready: &AtomicBool,
+    shutdown: &CancellationToken,
+) -> Result<(), ConsumeError> {
+    let channel = connection.create_channel().await?;
+    settings.topology.declare(&channel).await?;
+    channel
+        .basic_qos(settings.prefetch, BasicQosOptions::default())
+        .await?;
+    let queue = settings.topology.work_queue(settings.kind);
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(queue, prefetch = settings.prefetch, "consuming");
+
+    let mut in_flight = JoinSet::new();
+    let result = loop {
+        while in_flight.try_join_next().is_some() {}
+        tokio::select! {
+            delivery = consumer.next() => match delivery {
+                Some(Ok(delivery)) => {
+                    in_flight.spawn(settle(delivery, handler.clone(), settings.requeue_delay));
+                }
+                Some(Err(error)) => break Err(error.into()),
+                None => break Err(ConsumeError::Cancelled),
+            },
+            () = shutdown.cancelled() => break Ok(()),
+        }
+    };
+
+    if result.is_ok() {
+        drain(&channel, consumer.tag(), in_flight, settings.shutdown_deadline).await;
+        let _ = channel.close(200, "shutting down".into()).await;
+    }
+    result
+}
+
+/// Stops new deliveries and waits for in-flight jobs until the deadline.
+/// Jobs still running after it are abandoned unacknowledged; the broker
+/// redelivers them to another worker.
+async fn drain(channel: &Channel, tag: lapin::types::ShortString, mut in_flight: JoinSet<()>, deadline: Duration) {
+    if let Err(error) = channel.basic_cancel(tag, BasicCancelOptions::default()).await {
+        tracing::warn!(%error, "cannot cancel the consumer");
+    }
+    let pending = in_flight.len();
+    tracing::info!(pending, "waiting for in-flight jobs");
+    let waited = tokio::time::timeout(deadline, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await;
+    if waited.is_err() {
+        tracing::warn!(abandoned = in_flight.len(), "shutdown deadline passed; jobs will be redelivered");
+        in_flight.abort_all();
+    }
+}
+
+/// Runs the handler and applies its disposition to the delivery.
+async fn settle(delivery: Delivery, handler: Arc<dyn Handler>, requeue_delay: Duration) {
+    let disposition = handler.handle(&delivery.data).await;
+    let settled = match disposition {
+        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
+        Disposition::Requeue => {
+            tokio::time::sleep(requeue_delay).await;
+            delivery
+                .reject(BasicRejectOptions { requeue: true })
+                .await
+        }
+        Disposition::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await,
+    };
+    // `Ok(false)` means the channel is gone: the broker will redeliver.
+    match settled {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(?disposition, "channel closed before settling; the job will be redelivered"),
+        Err(error) => tracing::warn!(%error, ?disposition, "cannot settle a delivery; the job will be redelivered"),
+    }
+}

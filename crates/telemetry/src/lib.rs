@@ -1,0 +1,99 @@
+//! Logging and the admin server every Attaché binary runs.
+//!
+//! The admin server listens on its own address, apart from the producer's
+//! API, and serves `/healthz` (the process answers), `/readyz` (every
+//! readiness check passes: database reachable, broker consumer attached)
+//! and `/metrics` (the process-wide Prometheus registry, where each crate
+//! registers its metrics).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use attache_config::LogFormat;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{Encoder, TextEncoder};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global log subscriber. Filters come from `RUST_LOG`, with
+/// `info` as the default. Safe to call more than once (tests do).
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Named readiness flags; the process is ready when every flag is set.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Arc<std::sync::Mutex<Vec<(&'static str, Arc<AtomicBool>)>>>,
+}
+
+impl Readiness {
+    /// Adds a check, initially failing, and returns its flag.
+    pub fn check(&self, name: &'static str) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.checks
+            .lock()
+            .expect("the readiness lock is never held across a panic")
+            .push((name, flag.clone()));
+        flag
+    }
+
+    /// Returns the names of failing checks.
+    pub fn failing(&self) -> Vec<&'static str> {
+        self.checks
+            .lock()
+            .expect("the readiness lock is never held across a panic")
+            .iter()
+            .filter(|(_, flag)| !flag.load(Ordering::Relaxed))
+            .map(|(name, _)| *name)
+            .collect()
+    }
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` fires.
+pub async fn serve_admin(listener: TcpListener, readiness: Readiness, shutdown: CancellationToken) {
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(readiness);
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    if let Err(error) = served {
+        tracing::error!(%error, "admin server failed");
+    }
+}
+
+async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
+    let failing = readiness.failing();
+    let status = if failing.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "ready": failing.is_empty(), "failing": failing })),
+    )
+}
+
+async fn metrics() -> impl IntoResponse {
+    let mut body = Vec::new();
+    let encoder = TextEncoder::new();
+    if let Err(error) = encoder.encode(&prometheus::gather(), &mut body) {
+        tracing::error!(%error, "cannot encode metrics");
+        return (StatusCode::INTERNAL_SERVER_ERROR, Vec::new()).into_response();
+    }
+    ([(header::CONTENT_TYPE, encoder.format_type().to_owned())], body).into_response()
+}
