@@ -1,0 +1,223 @@
+//! Validation of `POST /v1/tasks` requests.
+//!
+//! The body is read as JSON and checked field by field, so every error names
+//! its field (`attachments[2].uri`) instead of quoting a parser position.
+//! Unknown fields are rejected: a misspelt optional field would otherwise be
+//! dropped without a word.
+
+use attache_domain::{AttachmentRef, ErrorCode, Provider};
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::Limits;
+use super::error::ApiError;
+
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+const MAX_CALLBACK_URL_LEN: usize = 2048;
+
+/// A valid task request.
+pub struct TaskRequest {
+    pub callback_url: String,
+    pub attachments: Vec<(String, Provider)>,
+    pub metadata: Value,
+    /// SHA-256 of the canonical request, to recognise a retried request.
+    pub request_hash: Vec<u8>,
+}
+
+/// Validates a request body.
+pub fn task_request(body: &[u8], limits: &Limits) -> Result<TaskRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON ({error}): send an object with callback_url and attachments"),
+        )
+    })?;
+    let Value::Object(object) = &value else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the body must be a JSON object with callback_url and attachments",
+        ));
+    };
+    if let Some(unknown) = object
+        .keys()
+        .find(|key| !["callback_url", "attachments", "metadata"].contains(&key.as_str()))
+    {
+        return Err(ApiError::field(
+            "unknown_field",
+            unknown.clone(),
+            format!("`{unknown}` is not a task field: the fields are callback_url, attachments and metadata"),
+        ));
+    }
+
+    let callback_url = callback_url(object.get("callback_url"))?;
+    let attachments = attachments(object.get("attachments"), limits)?;
+    let metadata = metadata(object.get("metadata"), limits)?;
+    // serde_json's map is ordered by key, so equal requests serialise alike.
+    let canonical = serde_json::to_vec(&value).expect("a parsed JSON value serialises");
+    Ok(TaskRequest {
+        callback_url,
+        attachments,
+        metadata,
+        request_hash: Sha256::digest(&canonical).to_vec(),
+    })
+}
+
+/// Reads the optional `Idempotency-Key` header.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let invalid = || {
+        ApiError::field(
+            "invalid_idempotency_key",
+            "Idempotency-Key",
+            format!("the Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters, such as a UUID"),
+        )
+    };
+    let key = value.to_str().map_err(|_| invalid())?;
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(invalid());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn callback_url(value: Option<&Value>) -> Result<String, ApiError> {
+    let field = "callback_url";
+    let Some(Value::String(text)) = value else {
+        return Err(ApiError::field(
+            "invalid_request",
+            field,
+            "callback_url is required: a string with the http or https URL that receives the result",
+        ));
+    };
+    let invalid = |why: &str| {
+        ApiError::field(
+            "invalid_callback_url",
+            field,
+            format!("callback_url {why}: give an absolute http or https URL such as https://example.com/hooks/attache"),
+        )
+    };
+    if text.len() > MAX_CALLBACK_URL_LEN {
+        return Err(invalid(&format!("is longer than {MAX_CALLBACK_URL_LEN} bytes")));
+    }
+    let url = url::Url::parse(text).map_err(|error| invalid(&format!("is not a URL ({error})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("must use http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "must not carry credentials; verify the webhook signature instead",
+        ));
+    }
+    Ok(url.to_string())
+}
+
+fn attachments(value: Option<&Value>, limits: &Limits) -> Result<Vec<(String, Provider)>, ApiError> {
+    let field = "attachments";
+    let Some(Value::Array(items)) = value else {
+        return Err(ApiError::field(
+            "invalid_request",
+            field,
+            "attachments is required: a list of objects such as {\"uri\": \"https://example.com/file.pdf\"}",
+        ));
+    };
+    if items.is_empty() {
+        return Err(ApiError::field(
+            "invalid_request",
+            field,
+            "attachments is empty: list at least one attachment",
+        ));
+    }
+    let max = limits.max_attachments_per_task;
+    if items.len() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_attachments",
+            format!("a task may list at most {max} attachments, this one lists {}: split it into several tasks", items.len()),
+        )
+        .at(field));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| attachment(index, item))
+        .collect()
+}
+
+fn attachment(index: usize, item: &Value) -> Result<(String, Provider), ApiError> {
+    let field = format!("attachments[{index}].uri");
+    let Value::Object(object) = item else {
+        return Err(ApiError::field(
+            "invalid_request",
+            format!("attachments[{index}]"),
+            "each attachment must be an object such as {\"uri\": \"https://example.com/file.pdf\"}",
+        ));
+    };
+    if let Some(unknown) = object.keys().find(|key| key.as_str() != "uri") {
+        return Err(ApiError::field(
+            "unknown_field",
+            format!("attachments[{index}].{unknown}"),
+            format!("`{unknown}` is not an attachment field: the only field is uri"),
+        ));
+    }
+    let Some(Value::String(uri)) = object.get("uri") else {
+        return Err(ApiError::field(
+            "invalid_request",
+            field,
+            "uri is required: a string such as https://example.com/file.pdf",
+        ));
+    };
+    let reference = AttachmentRef::parse(uri).map_err(|error| {
+        let code = match error.code() {
+            ErrorCode::UnsupportedScheme => "unsupported_scheme",
+            _ => "invalid_uri",
+        };
+        ApiError::field(code, field.clone(), error.message())
+    })?;
+    let provider = reference.provider();
+    if provider != Provider::Http {
+        return Err(ApiError::field(
+            "unsupported_scheme",
+            field,
+            format!(
+                "{provider} attachments are not enabled on this deployment yet: give a plain https URL, such as a pre-signed URL"
+            ),
+        ));
+    }
+    Ok((uri.clone(), provider))
+}
+
+fn metadata(value: Option<&Value>, limits: &Limits) -> Result<Value, ApiError> {
+    let field = "metadata";
+    match value {
+        None | Some(Value::Null) => Ok(Value::Object(Map::new())),
+        Some(object @ Value::Object(_)) => {
+            let size = serde_json::to_vec(object).expect("a parsed JSON value serialises").len();
+            let max = limits.max_metadata_bytes;
+            if size > max {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "metadata_too_large",
+                    format!("metadata takes {size} bytes as JSON, over the limit of {max}: keep ids and references there, not content"),
+                )
+                .at(field));
+            }
+            Ok(object.clone())
+        }
+        Some(_) => Err(ApiError::field(
+            "invalid_request",
+            field,
+            "metadata must be a JSON object, such as {\"ticket\": \"T-1234\"}; omit it if there is none",
+        )),
+    }
+}

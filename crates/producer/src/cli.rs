@@ -1,0 +1,83 @@
+//! The command line: `serve`, `migrate` and `team create`.
+
+use attache_config::{DatabaseArgs, LogArgs};
+use attache_store::Store;
+use clap::{Args, Parser, Subcommand};
+
+use crate::ProducerConfig;
+use crate::keys::TeamCredentials;
+
+#[derive(Parser, Debug)]
+#[command(name = "attache-producer", version, about = "Attaché's task API and outbox relay")]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the task API and relay queued jobs to RabbitMQ.
+    Serve(ProducerConfig),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Manage teams.
+    #[command(subcommand)]
+    Team(TeamCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TeamCommand {
+    /// Create a team and print its API key and callback signing secret.
+    /// They are shown once: only a hash of the key is stored.
+    Create(CreateTeam),
+}
+
+#[derive(Args, Debug)]
+pub struct CreateTeam {
+    /// The team's display name.
+    #[arg(long)]
+    pub name: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// Applies migrations.
+pub async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
+    Store::connect(database)?.migrate().await?;
+    Ok(())
+}
+
+/// Runs a team subcommand.
+pub async fn team(command: TeamCommand) -> anyhow::Result<()> {
+    let TeamCommand::Create(create) = command;
+    let name = create.name.trim();
+    anyhow::ensure!(
+        !name.is_empty() && name.len() <= 200,
+        "--name must be 1 to 200 characters"
+    );
+    let store = Store::connect(&create.database)?;
+    store.migrate().await?;
+    let credentials = TeamCredentials::generate();
+    store.create_team(credentials.new_team(name)).await?;
+
+    if create.json {
+        let json = serde_json::json!({
+            "team_id": credentials.team_id,
+            "name": name,
+            "api_key": credentials.api_key,
+            "signing_secret": credentials.signing_secret,
+        });
+        println!("{json}");
+    } else {
+        println!("team id:         {}", credentials.team_id);
+        println!("API key:         {}", credentials.api_key);
+        println!("signing secret:  {}", credentials.signing_secret);
+        println!("Store both now: they are not shown again.");
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! Attaché's producer: the HTTP API the task pipeline submits tasks to, and
+//! the outbox relay that publishes the jobs those tasks queue.
+//!
+//! A task is accepted in one PostgreSQL transaction (task, attachments,
+//! outbox rows) before the API answers 202. The relay, running in the same
+//! process, publishes outbox rows to RabbitMQ with confirms and deletes them
+//! once confirmed. See [`api`] and [`relay`].
+
+pub mod api;
+pub mod cli;
+pub mod keys;
+mod metrics;
+pub mod relay;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use attache_config::{BrokerArgs, DatabaseArgs};
+use attache_queue::Topology;
+use attache_store::Store;
+use attache_telemetry::Readiness;
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of `attache-producer serve`.
+#[derive(Args, Clone, Debug)]
+pub struct ProducerConfig {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub limits: api::Limits,
+    #[command(flatten)]
+    pub relay: relay::RelaySettings,
+
+    /// Address the task API listens on.
+    #[arg(long, env = "ATTACHE_API_ADDR", default_value = "127.0.0.1:8080")]
+    pub api_addr: SocketAddr,
+
+    /// Address of the admin server (/healthz, /readyz, /metrics).
+    #[arg(long, env = "ATTACHE_ADMIN_ADDR", default_value = "127.0.0.1:9080")]
+    pub admin_addr: SocketAddr,
+}
+
+/// A producer with its listeners bound and its database migrated.
+pub struct Producer {
+    config: ProducerConfig,
+    store: Store,
+    api: TcpListener,
+    admin: TcpListener,
+}
+
+impl Producer {
+    /// Binds both listeners, connects to PostgreSQL and migrates it.
+    pub async fn bind(config: ProducerConfig) -> anyhow::Result<Self> {
+        let store = Store::connect(&config.database)?;
+        store.migrate().await?;
+        let api = TcpListener::bind(config.api_addr).await?;
+        let admin = TcpListener::bind(config.admin_addr).await?;
+        Ok(Self {
+            config,
+            store,
+            api,
+            admin,
+        })
+    }
+
+    /// The address the API listens on.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The address the admin server listens on.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` fires: the API stops accepting, in-flight
+    /// requests finish, and the relay stops after its current batch.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            config,
+            store,
+            api,
+            admin,
+        } = self;
+        let readiness = Readiness::default();
+        let database_ready = readiness.check("database");
+        database_ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        let broker_ready = readiness.check("broker");
+
+        let topology = Topology::new(&config.broker.queue_prefix, config.broker.queue_delivery_limit);
+        let relay = tokio::spawn(relay::run(
+            store.clone(),
+            config.broker.amqp_url.clone(),
+            topology,
+            config.relay.clone(),
+            broker_ready,
+            shutdown.clone(),
+        ));
+        let admin = tokio::spawn(attache_telemetry::serve_admin(admin, readiness, shutdown.clone()));
+
+        tracing::info!(addr = %api.local_addr()?, "task API listening");
+        let router = api::router(api::AppState::new(store, config.limits.clone()));
+        axum::serve(api, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await?;
+
+        relay.await?;
+        admin.await?;
+        tracing::info!("producer stopped");
+        Ok(())
+    }
+}
+
+/// How long the relay waits for a notification before polling anyway.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);

@@ -1,0 +1,151 @@
+//! The outbox relay: moves due outbox rows to RabbitMQ.
+//!
+//! Each round claims up to a batch of due rows with `SKIP LOCKED` in one
+//! transaction, publishes them, waits for every confirm, deletes them and
+//! commits. A full batch starts the next round at once; otherwise the relay
+//! sleeps until a notification from the outbox trigger or the poll interval,
+//! whichever comes first, so a lost notification only delays a job, and a
+//! retry scheduled for later is published when it comes due.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use attache_queue::{PublishError, Publisher, QueueKind, Topology};
+use attache_store::{Store, StoreError, outbox};
+use clap::Args;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::JOBS_PUBLISHED;
+
+/// Relay settings.
+#[derive(Args, Clone, Debug)]
+pub struct RelaySettings {
+    /// Outbox rows published per transaction.
+    #[arg(long, env = "ATTACHE_RELAY_BATCH_SIZE", default_value_t = 200)]
+    pub relay_batch_size: i64,
+
+    /// Longest wait between outbox polls when no notification arrives.
+    #[arg(long, env = "ATTACHE_RELAY_POLL_INTERVAL", default_value = "1s", value_parser = attache_config::parse_duration)]
+    pub relay_poll_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// Relays until `shutdown` fires. `ready` is true while a confirmed channel
+/// to the broker is open.
+pub async fn run(
+    store: Store,
+    amqp_url: String,
+    topology: Topology,
+    settings: RelaySettings,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let wake = Arc::new(Notify::new());
+    let listener = tokio::spawn(listen(store.database_url().to_owned(), wake.clone(), shutdown.clone()));
+
+    while let Some(connection) = attache_queue::connect(&amqp_url, "attache-producer relay", &shutdown).await {
+        let publisher = match Publisher::open(&connection, topology.clone()).await {
+            Ok(publisher) => publisher,
+            Err(error) => {
+                tracing::warn!(%error, "cannot open a publishing channel; reconnecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        ready.store(true, Ordering::Relaxed);
+        let lost = relay_rounds(&store, &publisher, &settings, &wake, &shutdown).await;
+        ready.store(false, Ordering::Relaxed);
+        let _ = connection.close(200, "relay stopping".into()).await;
+        if !lost {
+            break;
+        }
+    }
+    listener.abort();
+    tracing::info!("outbox relay stopped");
+}
+
+/// Runs rounds until shutdown (returns `false`) or a broker failure
+/// (returns `true`, so the caller reconnects).
+async fn relay_rounds(
+    store: &Store,
+    publisher: &Publisher,
+    settings: &RelaySettings,
+    wake: &Notify,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        if shutdown.is_cancelled() {
+            return false;
+        }
+        match relay_round(store, publisher, settings.relay_batch_size).await {
+            Ok(published) if published as i64 == settings.relay_batch_size => continue,
+            Ok(_) => {}
+            Err(RoundError::Publish(error)) => {
+                tracing::warn!(%error, "publishing failed; the batch stays in the outbox");
+                return true;
+            }
+            Err(RoundError::Store(error)) => {
+                tracing::warn!(%error, "outbox query failed; retrying");
+            }
+        }
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(settings.relay_poll_interval) => {}
+            () = shutdown.cancelled() => return false,
+        }
+    }
+}
+
+/// Claims, publishes and deletes one batch; returns how many rows it moved.
+async fn relay_round(store: &Store, publisher: &Publisher, limit: i64) -> Result<usize, RoundError> {
+    let mut connection = store.connection().await?;
+    let tx = connection.transaction().await.map_err(StoreError::from)?;
+    let rows = outbox::claim(&tx, limit).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+
+    let mut messages = Vec::with_capacity(rows.len());
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let Some(kind) = QueueKind::parse(&row.kind) else {
+            tracing::error!(outbox_id = row.id, kind = row.kind, "outbox row of unknown kind left in place");
+            continue;
+        };
+        messages.push((kind, row.payload.to_string().into_bytes()));
+        ids.push(row.id);
+    }
+    publisher.publish_batch(&messages).await?;
+    outbox::delete(&tx, &ids).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+
+    for (kind, _) in &messages {
+        JOBS_PUBLISHED.with_label_values(&[kind.as_str()]).inc();
+    }
+    tracing::debug!(published = ids.len(), "published outbox batch");
+    Ok(ids.len())
+}
+
+/// Keeps a LISTEN connection open, reconnecting after losses.
+async fn listen(database_url: String, wake: Arc<Notify>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            result = outbox::listen(&database_url, wake.clone()) => {
+                if let Err(error) = result {
+                    tracing::warn!(%error, "outbox notifications lost; polling until reconnected");
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
