@@ -11,22 +11,10 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(config) => {
             let shutdown = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            tokio::spawn(attache_telemetry::cancel_on_signal(shutdown.clone()));
             attache_producer::Producer::bind(config).await?.run(shutdown).await
         }
         Command::Migrate(database) => attache_producer::cli::migrate(&database).await,
         Command::Team(command) => attache_producer::cli::team(command).await,
     }
-}
-
-/// Cancels `shutdown` on SIGTERM or Ctrl-C.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler succeeds in a Unix process");
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutdown requested");
-    shutdown.cancel();
 }

@@ -100,3 +100,15 @@ async fn metrics() -> impl IntoResponse {
     }
     ([(header::CONTENT_TYPE, encoder.format_type().to_owned())], body).into_response()
 }
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+pub async fn cancel_on_signal(shutdown: CancellationToken) {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler succeeds in a Unix process");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}

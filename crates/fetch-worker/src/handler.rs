@@ -1,0 +1,213 @@
+//! One fetch job, in stages: decode the message, load the attachment, fetch
+//! it into the attachment store, classify the outcome, record it.
+//!
+//! Only a failure to reach our own database makes the job return to the
+//! queue; every fetch failure is classified and recorded. A job whose
+//! attachment is final, or whose attempt number the row has passed, is a
+//! duplicate and is acknowledged without fetching.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use attache_domain::{AttachmentRef, ErrorCode, FetchJob, JobMessage, Provider, RetryPolicy};
+use attache_queue::{Disposition, Handler};
+use attache_store::fetches::{FetchAttempt, FetchResult, FetchTarget, Recorded};
+use attache_store::{Store, StoreError};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+use crate::access;
+use crate::fetcher::{FetchError, FetchRequest, Fetchers, ObjectStream};
+use crate::metrics::{FETCH_BYTES, FETCH_SECONDS, FETCHES};
+use crate::storage::AttachmentStore;
+
+/// Everything a fetch job needs.
+pub struct FetchHandler {
+    pub store: Store,
+    pub fetchers: Fetchers,
+    pub attachments: Arc<dyn AttachmentStore>,
+    pub retry: RetryPolicy,
+    pub max_bytes: u64,
+}
+
+/// A stored object's facts.
+struct Stored {
+    size_bytes: u64,
+    sha256: String,
+    content_type: Option<String>,
+    storage_key: String,
+}
+
+#[async_trait]
+impl Handler for FetchHandler {
+    async fn handle(&self, body: &[u8]) -> Disposition {
+        let job = match JobMessage::decode(body) {
+            Ok(JobMessage::Fetch(job)) => job,
+            Ok(other) => {
+                tracing::error!(?other, "a non-fetch job reached the fetch queue; dead-lettering it");
+                return Disposition::DeadLetter;
+            }
+            Err(error) => {
+                tracing::error!(%error, "undecodable fetch message; dead-lettering it");
+                return Disposition::DeadLetter;
+            }
+        };
+        let span = tracing::info_span!("fetch", attachment_id = %job.attachment_id, attempt = job.attempt);
+        match self.process(job).instrument(span).await {
+            Ok(()) => Disposition::Ack,
+            Err(error) => {
+                tracing::warn!(%error, attachment_id = %job.attachment_id, "database unavailable; returning the job to the queue");
+                Disposition::Requeue
+            }
+        }
+    }
+}
+
+impl FetchHandler {
+    async fn process(&self, job: FetchJob) -> Result<(), StoreError> {
+        let Some(target) = self.store.fetch_target(job.attachment_id).await? else {
+            tracing::warn!("job names an unknown attachment; dropping it");
+            return Ok(());
+        };
+        if target.status.is_final() || target.attempts != job.attempt {
+            tracing::debug!(status = %target.status, attempts = target.attempts, "stale job; skipping");
+            FETCHES.with_label_values(&["", "stale", ""]).inc();
+            return Ok(());
+        }
+        tracing::Span::current().record("task_id", tracing::field::display(target.task_id));
+
+        let started = Instant::now();
+        let (provider, egress_member, outcome) = self.attempt(&target).await;
+        FETCH_SECONDS
+            .with_label_values(&[provider_label(provider)])
+            .observe(started.elapsed().as_secs_f64());
+
+        let result = self.classify(&target, provider, outcome);
+        let recorded = self
+            .store
+            .record_fetch(&FetchAttempt {
+                attachment_id: target.attachment_id,
+                attempt: job.attempt,
+                egress_member,
+                result,
+            })
+            .await?;
+        if let Recorded::TaskCompleted(status) = recorded {
+            tracing::info!(task_id = %target.task_id, team_id = %target.team_id, %status, "task completed; callback queued");
+        }
+        Ok(())
+    }
+
+    /// Runs one fetch; returns the provider (when the URI parsed), the
+    /// egress member and the outcome.
+    async fn attempt(&self, target: &FetchTarget) -> (Option<Provider>, Option<String>, Result<Stored, FetchError>) {
+        let reference = match AttachmentRef::parse(&target.uri) {
+            Ok(reference) => reference,
+            Err(error) => return (None, None, Err(FetchError::new(error.code(), error.message()))),
+        };
+        let provider = reference.provider();
+        let (Some(access), Some(fetcher)) = (access::resolve(target.team_id, provider), self.fetchers.get(provider))
+        else {
+            let error = FetchError::new(
+                ErrorCode::UnsupportedScheme,
+                format!("{provider} attachments are not enabled on this deployment"),
+            );
+            return (Some(provider), None, Err(error));
+        };
+        let request = FetchRequest {
+            reference: &reference,
+            team_id: target.team_id,
+            access,
+            max_bytes: self.max_bytes,
+        };
+        let opened = fetcher.open(&request).await;
+        let stored = match opened.object {
+            Ok(object) => self.store_object(target, object).await,
+            Err(error) => Err(error),
+        };
+        (Some(provider), opened.egress_member, stored)
+    }
+
+    /// Streams an object into the attachment store, counting and hashing it;
+    /// fails with `too_large` as soon as it passes the limit, whatever the
+    /// source announced.
+    async fn store_object(&self, target: &FetchTarget, object: ObjectStream) -> Result<Stored, FetchError> {
+        let storage_key = format!("{}/{}/{}", target.team_id, target.task_id, target.attachment_id);
+        let storage_failed = |error: std::io::Error| {
+            tracing::error!(%error, "attachment store write failed");
+            FetchError::new(ErrorCode::StorageFailed, "the attachment store failed; it will be retried")
+        };
+        let mut upload = self.attachments.begin(&storage_key).await.map_err(storage_failed)?;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        let mut body = object.body;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            if size > self.max_bytes {
+                return Err(FetchError::too_large(size, self.max_bytes));
+            }
+            hasher.update(&chunk);
+            upload.write(&chunk).await.map_err(storage_failed)?;
+        }
+        upload.commit().await.map_err(storage_failed)?;
+        Ok(Stored {
+            size_bytes: size,
+            sha256: hex::encode(hasher.finalize()),
+            content_type: object.content_type,
+            storage_key,
+        })
+    }
+
+    /// Turns an outcome into what is recorded: stored, failed for good, or
+    /// retried after a back-off while the policy allows.
+    fn classify(&self, target: &FetchTarget, provider: Option<Provider>, outcome: Result<Stored, FetchError>) -> FetchResult {
+        let provider = provider_label(provider);
+        let error = match outcome {
+            Ok(stored) => {
+                FETCHES.with_label_values(&[provider, "succeeded", ""]).inc();
+                FETCH_BYTES.with_label_values(&[provider]).inc_by(stored.size_bytes);
+                tracing::info!(size_bytes = stored.size_bytes, "attachment stored");
+                return FetchResult::Stored {
+                    size_bytes: stored.size_bytes,
+                    sha256: stored.sha256,
+                    content_type: stored.content_type,
+                    storage_key: stored.storage_key,
+                };
+            }
+            Err(error) => error,
+        };
+        let age = (chrono::Utc::now() - target.created_at).to_std().unwrap_or(Duration::ZERO);
+        let delay = error
+            .code
+            .is_retryable()
+            .then(|| self.retry.next_delay(target.attempts + 1, age))
+            .flatten();
+        let code = error.code.as_str();
+        match delay {
+            Some(delay) => {
+                FETCHES.with_label_values(&[provider, "retry", code]).inc();
+                tracing::warn!(code, message = error.message, retry_in = ?delay, "fetch failed; retry scheduled");
+                FetchResult::Retry {
+                    code: error.code,
+                    message: error.message,
+                    delay,
+                }
+            }
+            None => {
+                FETCHES.with_label_values(&[provider, "failed", code]).inc();
+                tracing::info!(code, message = error.message, "attachment failed");
+                FetchResult::Failed {
+                    code: error.code,
+                    message: error.message,
+                }
+            }
+        }
+    }
+}
+
+fn provider_label(provider: Option<Provider>) -> &'static str {
+    provider.map_or("unknown", Provider::as_str)
+}
