@@ -98,3 +98,10 @@ text_enum!(
         Dead => "dead",
     }
 );
+
+impl CallbackStatus {
+    /// Tells whether no further delivery attempt will happen on its own.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Pending)
+    }
+}

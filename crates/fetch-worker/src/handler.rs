@@ -54,7 +54,12 @@ impl Handler for FetchHandler {
                 return Disposition::DeadLetter;
             }
         };
-        let span = tracing::info_span!("fetch", attachment_id = %job.attachment_id, attempt = job.attempt);
+        let span = tracing::info_span!(
+            "fetch",
+            attachment_id = %job.attachment_id,
+            attempt = job.attempt,
+            task_id = tracing::field::Empty,
+        );
         match self.process(job).instrument(span).await {
             Ok(()) => Disposition::Ack,
             Err(error) => {

@@ -1,0 +1,192 @@
+//! One callback job, in stages: decode, load, sign and send, classify,
+//! record.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use attache_domain::{CallbackJob, JobMessage, RetryPolicy};
+use attache_egress::Egress;
+use attache_queue::{Disposition, Handler};
+use attache_store::callbacks::{Delivery, DeliveryAttempt, DeliveryResult};
+use attache_store::{Store, StoreError};
+use reqwest::header::CONTENT_TYPE;
+use tracing::Instrument;
+
+use crate::metrics::{ATTEMPT_SECONDS, ATTEMPTS};
+use crate::signing::SigningKey;
+
+/// Everything a callback job needs.
+pub struct CallbackHandler {
+    pub store: Store,
+    pub egress: Egress,
+    pub retry: RetryPolicy,
+}
+
+/// What one POST produced.
+struct Sent {
+    status_code: Option<u16>,
+    /// `None` when the customer answered 2xx.
+    error: Option<String>,
+    gone: bool,
+    egress_member: String,
+}
+
+#[async_trait]
+impl Handler for CallbackHandler {
+    async fn handle(&self, body: &[u8]) -> Disposition {
+        let job = match JobMessage::decode(body) {
+            Ok(JobMessage::Callback(job)) => job,
+            Ok(other) => {
+                tracing::error!(?other, "a non-callback job reached the callback queue; dead-lettering it");
+                return Disposition::DeadLetter;
+            }
+            Err(error) => {
+                tracing::error!(%error, "undecodable callback message; dead-lettering it");
+                return Disposition::DeadLetter;
+            }
+        };
+        let span = tracing::info_span!("callback", callback_id = %job.callback_id, attempt = job.attempt);
+        match self.process(job).instrument(span).await {
+            Ok(()) => Disposition::Ack,
+            Err(error) => {
+                tracing::warn!(%error, callback_id = %job.callback_id, "database unavailable; returning the job to the queue");
+                Disposition::Requeue
+            }
+        }
+    }
+}
+
+impl CallbackHandler {
+    async fn process(&self, job: CallbackJob) -> Result<(), StoreError> {
+        let Some(delivery) = self.store.delivery(job.callback_id).await? else {
+            tracing::warn!("job names an unknown callback; dropping it");
+            return Ok(());
+        };
+        if delivery.status.is_final() || delivery.attempts != job.attempt {
+            ATTEMPTS.with_label_values(&["stale"]).inc();
+            tracing::debug!(status = %delivery.status, "stale job; skipping");
+            return Ok(());
+        }
+
+        let started = Instant::now();
+        let sent = self.send(&delivery).await;
+        let duration = started.elapsed();
+        let result = self.classify(&delivery, &sent);
+        let outcome = match result {
+            DeliveryResult::Delivered => "delivered",
+            DeliveryResult::Retry { .. } => "retry",
+            DeliveryResult::Dead { .. } => "dead",
+        };
+        ATTEMPTS.with_label_values(&[outcome]).inc();
+        ATTEMPT_SECONDS
+            .with_label_values(&[outcome])
+            .observe(duration.as_secs_f64());
+        tracing::info!(
+            task_id = %delivery.task_id,
+            team_id = %delivery.team_id,
+            outcome,
+            status_code = sent.status_code,
+            egress_member = sent.egress_member,
+            "callback attempt finished"
+        );
+
+        self.store
+            .record_delivery(&DeliveryAttempt {
+                callback_id: delivery.callback_id,
+                attempt: job.attempt,
+                status_code: sent.status_code,
+                duration,
+                egress_member: Some(sent.egress_member),
+                result,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Signs and POSTs the callback once.
+    async fn send(&self, delivery: &Delivery) -> Sent {
+        let member = self.egress.pick();
+        let egress_member = member.name().to_owned();
+        let key = match SigningKey::from_secret(&delivery.signing_secret) {
+            Ok(key) => key,
+            Err(error) => {
+                tracing::error!(%error, team_id = %delivery.team_id, "cannot sign the callback");
+                return Sent {
+                    status_code: None,
+                    error: Some(error.to_string()),
+                    gone: false,
+                    egress_member,
+                };
+            }
+        };
+        let webhook_id = delivery.callback_id.webhook_id();
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = key.sign(&webhook_id, timestamp, delivery.payload.as_bytes());
+
+        let response = member
+            .client()
+            .post(&delivery.url)
+            .header(CONTENT_TYPE, "application/json")
+            .header("webhook-id", &webhook_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(delivery.payload.clone())
+            .send()
+            .await;
+        match response {
+            Ok(response) => {
+                let status = response.status();
+                Sent {
+                    status_code: Some(status.as_u16()),
+                    error: (!status.is_success())
+                        .then(|| format!("the endpoint answered HTTP {status}")),
+                    gone: status == reqwest::StatusCode::GONE,
+                    egress_member,
+                }
+            }
+            Err(error) => Sent {
+                status_code: None,
+                error: Some(transport_error(error)),
+                gone: false,
+                egress_member,
+            },
+        }
+    }
+
+    fn classify(&self, delivery: &Delivery, sent: &Sent) -> DeliveryResult {
+        let Some(error) = &sent.error else {
+            return DeliveryResult::Delivered;
+        };
+        if sent.gone {
+            return DeliveryResult::Dead {
+                error: "the endpoint answered 410 Gone, which stops delivery of this callback".to_owned(),
+            };
+        }
+        let age = (chrono::Utc::now() - delivery.created_at).to_std().unwrap_or(Duration::ZERO);
+        match self.retry.next_delay(delivery.attempts + 1, age) {
+            Some(delay) => DeliveryResult::Retry {
+                error: error.clone(),
+                delay,
+            },
+            None => DeliveryResult::Dead {
+                error: format!("{error}; no attempts left"),
+            },
+        }
+    }
+}
+
+/// Describes a transport failure without the URL, which may carry a token.
+fn transport_error(error: reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        "failed"
+    };
+    let error = error.without_url();
+    match std::error::Error::source(&error) {
+        Some(cause) => format!("the request {kind}: {error}: {cause}"),
+        None => format!("the request {kind}: {error}"),
+    }
+}

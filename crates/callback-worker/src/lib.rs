@@ -1,0 +1,145 @@
+//! Attaché's callback-worker.
+//!
+//! Consumes callback jobs, signs each task's result following Standard
+//! Webhooks, POSTs it to the customer without following redirects, and
+//! records every attempt. A 2xx answer delivers the callback; 410 Gone stops
+//! it at once; anything else is retried on the configured schedule, and a
+//! callback that runs out of attempts is marked dead for an operator to
+//! replay.
+//!
+//! - [`handler`]: the stages of one job.
+//! - [`signing`]: the Standard Webhooks signature.
+
+pub mod handler;
+mod metrics;
+pub mod signing;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use attache_config::{BrokerArgs, DatabaseArgs, parse_duration};
+use attache_domain::RetryPolicy;
+use attache_egress::{Egress, EgressSettings};
+use attache_queue::{ConsumerSettings, QueueKind, Topology};
+use attache_store::Store;
+use attache_telemetry::Readiness;
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::CallbackHandler;
+
+/// Settings of `attache-callback-worker`.
+#[derive(Args, Clone, Debug)]
+pub struct CallbackWorkerConfig {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+
+    /// Address of the admin server (/healthz, /readyz, /metrics).
+    #[arg(long, env = "ATTACHE_ADMIN_ADDR", default_value = "127.0.0.1:9082")]
+    pub admin_addr: SocketAddr,
+
+    /// Deliveries in flight at once; also the broker prefetch.
+    #[arg(long, env = "ATTACHE_CALLBACK_CONCURRENCY", default_value_t = 64)]
+    pub callback_concurrency: u16,
+
+    /// Time allowed to connect to a customer's endpoint.
+    #[arg(long, env = "ATTACHE_CALLBACK_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub callback_connect_timeout: Duration,
+
+    /// Time allowed for one whole delivery attempt.
+    #[arg(long, env = "ATTACHE_CALLBACK_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub callback_timeout: Duration,
+
+    /// Attempts per callback, the first included.
+    #[arg(long, env = "ATTACHE_CALLBACK_MAX_ATTEMPTS", default_value_t = 5)]
+    pub callback_max_attempts: u32,
+
+    /// Delay before the first retry; later ones grow fivefold up to an hour.
+    #[arg(long, env = "ATTACHE_CALLBACK_RETRY_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub callback_retry_delay: Duration,
+
+    /// Time in-flight jobs get to finish after a shutdown signal.
+    #[arg(long, env = "ATTACHE_SHUTDOWN_DEADLINE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_deadline: Duration,
+}
+
+impl CallbackWorkerConfig {
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            first_delay: self.callback_retry_delay,
+            max_delay: Duration::from_secs(3600).max(self.callback_retry_delay),
+            factor: 5.0,
+            max_attempts: self.callback_max_attempts,
+            max_age: Duration::from_secs(2 * 86_400),
+            jitter: true,
+        }
+    }
+}
+
+/// A callback-worker with its admin listener bound and database migrated.
+pub struct CallbackWorker {
+    config: CallbackWorkerConfig,
+    store: Store,
+    admin: TcpListener,
+}
+
+impl CallbackWorker {
+    /// Connects to PostgreSQL, migrates it and binds the admin listener.
+    pub async fn bind(config: CallbackWorkerConfig) -> anyhow::Result<Self> {
+        anyhow::ensure!(config.callback_concurrency > 0, "--callback-concurrency must be at least 1");
+        anyhow::ensure!(config.callback_max_attempts > 0, "--callback-max-attempts must be at least 1");
+        let store = Store::connect(&config.database)?;
+        store.migrate().await?;
+        let admin = TcpListener::bind(config.admin_addr).await?;
+        Ok(Self { config, store, admin })
+    }
+
+    /// The address the admin server listens on.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Consumes callback jobs until `shutdown` fires and in-flight jobs
+    /// finish.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { config, store, admin } = self;
+        let readiness = Readiness::default();
+        readiness.check("database").store(true, Ordering::Relaxed);
+        let broker_ready = readiness.check("broker");
+
+        let egress = Egress::direct(&EgressSettings {
+            connect_timeout: config.callback_connect_timeout,
+            read_timeout: config.callback_timeout,
+            total_timeout: config.callback_timeout,
+            // A redirect could send the signed result somewhere the
+            // customer did not register.
+            max_redirects: 0,
+            user_agent: concat!("attache-callback-worker/", env!("CARGO_PKG_VERSION")).to_owned(),
+        })?;
+        let handler = CallbackHandler {
+            store,
+            egress,
+            retry: config.retry_policy(),
+        };
+        let settings = ConsumerSettings {
+            amqp_url: config.broker.amqp_url.clone(),
+            connection_name: "attache-callback-worker".to_owned(),
+            topology: Topology::new(&config.broker.queue_prefix, config.broker.queue_delivery_limit),
+            kind: QueueKind::Callback,
+            prefetch: config.callback_concurrency,
+            shutdown_deadline: config.shutdown_deadline,
+            requeue_delay: Duration::from_secs(2),
+        };
+
+        let admin = tokio::spawn(attache_telemetry::serve_admin(admin, readiness, shutdown.clone()));
+        attache_queue::run_consumer(settings, Arc::new(handler), broker_ready, shutdown).await;
+        admin.await?;
+        tracing::info!("callback-worker stopped");
+        Ok(())
+    }
+}
