@@ -142,7 +142,7 @@ impl FetchHandler {
         let storage_key = format!("{}/{}/{}", target.team_id, target.task_id, target.attachment_id);
         let storage_failed = |error: std::io::Error| {
             tracing::error!(%error, "attachment store write failed");
-            FetchError::new(ErrorCode::StorageFailed, "the attachment store failed; it will be retried")
+            FetchError::new(ErrorCode::StorageFailed, "the attachment store failed to write the file")
         };
         let mut upload = self.attachments.begin(&storage_key).await.map_err(storage_failed)?;
         let mut hasher = Sha256::new();

@@ -122,6 +122,11 @@ impl Store {
         Ok(self.pool.get().await?)
     }
 
+    /// Closes the pool; later queries fail.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
     /// Returns the URL this store connects to, for dedicated connections
     /// that a pool cannot provide (LISTEN).
     pub fn database_url(&self) -> &str {

@@ -79,8 +79,8 @@ fn classify_status(status: StatusCode) -> Option<FetchError> {
             ErrorCode::AccessDenied,
             "make the file public or give a pre-signed URL",
         ),
-        429 => (ErrorCode::Throttled, "the source is rate limiting; it will be retried"),
-        500..=599 => (ErrorCode::ServerError, "the source failed; it will be retried"),
+        429 => (ErrorCode::Throttled, "the source is limiting its request rate"),
+        500..=599 => (ErrorCode::ServerError, "the source failed to serve the file"),
         300..=399 => (
             ErrorCode::RedirectRejected,
             "the redirect could not be followed; give the final URL",

@@ -1,0 +1,134 @@
+//! The task API's contract: validation errors per field, authentication,
+//! team isolation and idempotency.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{Deployment, Options};
+
+fn task(attachments: Value) -> Value {
+    json!({"callback_url": "http://127.0.0.1:9/hooks", "attachments": attachments})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalid_requests_are_rejected_naming_the_field() {
+    let deployment = Deployment::start(Options::default()).await;
+    let eleven: Vec<Value> = (0..11).map(|i| json!({"uri": format!("http://127.0.0.1:9/{i}")})).collect();
+    let cases: Vec<(String, StatusCode, &str, Option<&str>)> = vec![
+        ("not json".into(), StatusCode::BAD_REQUEST, "invalid_json", None),
+        ("[]".into(), StatusCode::BAD_REQUEST, "invalid_json", None),
+        (json!({"attachments": [{"uri": "http://127.0.0.1:9/a"}]}).to_string(), StatusCode::BAD_REQUEST, "invalid_request", Some("callback_url")),
+        (json!({"callback_url": "ftp://example.com/x", "attachments": [{"uri": "http://127.0.0.1:9/a"}]}).to_string(), StatusCode::BAD_REQUEST, "invalid_callback_url", Some("callback_url")),
+        (json!({"callback_url": "https://user:pw@example.com/x", "attachments": [{"uri": "http://127.0.0.1:9/a"}]}).to_string(), StatusCode::BAD_REQUEST, "invalid_callback_url", Some("callback_url")),
+        (task(json!([])).to_string(), StatusCode::BAD_REQUEST, "invalid_request", Some("attachments")),
+        (task(json!("http://127.0.0.1:9/a")).to_string(), StatusCode::BAD_REQUEST, "invalid_request", Some("attachments")),
+        (task(json!([{"uri": "http://127.0.0.1:9/a"}, {"url": "http://127.0.0.1:9/b"}])).to_string(), StatusCode::BAD_REQUEST, "unknown_field", Some("attachments[1].url")),
+        (task(json!([{"uri": "http://127.0.0.1:9/a"}, {"uri": 7}])).to_string(), StatusCode::BAD_REQUEST, "invalid_request", Some("attachments[1].uri")),
+        (task(json!([{"uri": "http://127.0.0.1:9/a"}, {"uri": "not a uri"}])).to_string(), StatusCode::BAD_REQUEST, "invalid_uri", Some("attachments[1].uri")),
+        (task(json!([{"uri": "ftp://example.com/a"}])).to_string(), StatusCode::BAD_REQUEST, "unsupported_scheme", Some("attachments[0].uri")),
+        (task(json!([{"uri": "s3://bucket/"}])).to_string(), StatusCode::BAD_REQUEST, "invalid_uri", Some("attachments[0].uri")),
+        (task(json!([{"uri": "s3://bucket/key"}])).to_string(), StatusCode::BAD_REQUEST, "unsupported_scheme", Some("attachments[0].uri")),
+        (task(Value::Array(eleven)).to_string(), StatusCode::PAYLOAD_TOO_LARGE, "too_many_attachments", Some("attachments")),
+        (json!({"callback_url": "http://127.0.0.1:9/h", "attachments": [{"uri": "http://127.0.0.1:9/a"}], "metadata": {"note": "x".repeat(2000)}}).to_string(), StatusCode::PAYLOAD_TOO_LARGE, "metadata_too_large", Some("metadata")),
+        (json!({"callback_url": "http://127.0.0.1:9/h", "attachments": [{"uri": "http://127.0.0.1:9/a"}], "metadata": [1]}).to_string(), StatusCode::BAD_REQUEST, "invalid_request", Some("metadata")),
+        (json!({"callback_url": "http://127.0.0.1:9/h", "attachments": [{"uri": "http://127.0.0.1:9/a"}], "callback": "x"}).to_string(), StatusCode::BAD_REQUEST, "unknown_field", Some("callback")),
+        (format!("{{\"callback_url\": \"{}\"}}", "x".repeat(70 * 1024)), StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", None),
+    ];
+    for (body, status, code, field) in cases {
+        let shown = body.chars().take(120).collect::<String>();
+        let (actual_status, error) = deployment
+            .submit_raw(Some(&deployment.team.api_key), body, None)
+            .await;
+        assert_eq!(actual_status, status, "{shown}: {error}");
+        assert_eq!(error["error"]["code"], code, "{shown}: {error}");
+        assert_eq!(error["error"]["field"].as_str(), field, "{shown}: {error}");
+        assert!(error["error"]["message"].as_str().unwrap().len() > 20, "{shown}: {error}");
+    }
+
+    let count: i64 = deployment
+        .database()
+        .await
+        .query_one("SELECT count(*) FROM tasks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0, "no rejected request left a task behind");
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_without_a_valid_api_key_are_unauthorized() {
+    let deployment = Deployment::start(Options::default()).await;
+    let body = task(json!([{"uri": "http://127.0.0.1:9/a"}])).to_string();
+    for key in [None, Some("att_not-a-real-key"), Some("")] {
+        let (status, error) = deployment.submit_raw(key, body.clone(), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{key:?}: {error}");
+        assert_eq!(error["error"]["code"], "unauthorized");
+        assert_eq!(error["error"]["field"], "Authorization");
+    }
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_teams_task_is_not_found() {
+    let deployment = Deployment::start(Options::default()).await;
+    let (status, accepted) = deployment
+        .submit(&task(json!([{"uri": "http://127.0.0.1:9/a"}])), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let path = format!("/v1/tasks/{}", accepted["task_id"].as_str().unwrap());
+
+    let (status, _) = deployment.get(&path, &deployment.team.api_key).await;
+    assert_eq!(status, StatusCode::OK);
+    let other = deployment.create_team("other").await;
+    let (status, error) = deployment.get(&path, &other.api_key).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error["error"]["code"], "task_not_found");
+    let (status, error) = deployment.get("/v1/tasks/not-a-uuid", &other.api_key).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error["error"]["field"], "task_id");
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resubmitting_with_an_idempotency_key_returns_the_original_task() {
+    let deployment = Deployment::start(Options::default()).await;
+    let body = task(json!([{"uri": "http://127.0.0.1:9/a"}, {"uri": "http://127.0.0.1:9/b"}]));
+
+    let (first_status, first) = deployment.submit(&body, Some("order-42")).await;
+    assert_eq!(first_status, StatusCode::ACCEPTED);
+    // The same body with its keys in another order is the same request.
+    let reordered: Value = serde_json::from_str(&format!(
+        "{{\"attachments\": {}, \"callback_url\": \"http://127.0.0.1:9/hooks\"}}",
+        body["attachments"]
+    ))
+    .unwrap();
+    let (again_status, again) = deployment.submit(&reordered, Some("order-42")).await;
+    assert_eq!(again_status, StatusCode::ACCEPTED);
+    assert_eq!(again["task_id"], first["task_id"]);
+    assert_eq!(again["attachments"], first["attachments"]);
+
+    let changed = task(json!([{"uri": "http://127.0.0.1:9/c"}]));
+    let (conflict_status, conflict) = deployment.submit(&changed, Some("order-42")).await;
+    assert_eq!(conflict_status, StatusCode::CONFLICT, "{conflict}");
+    assert_eq!(conflict["error"]["code"], "idempotency_key_reused");
+    assert_eq!(conflict["error"]["field"], "Idempotency-Key");
+
+    // Another team may use the same key for its own task.
+    let other = deployment.create_team("other").await;
+    let (other_status, other_task) = deployment
+        .submit_raw(Some(&other.api_key), body.to_string(), Some("order-42"))
+        .await;
+    assert_eq!(other_status, StatusCode::ACCEPTED);
+    assert_ne!(other_task["task_id"], first["task_id"]);
+
+    let (bad_status, bad) = deployment.submit(&body, Some("has space")).await;
+    assert_eq!(bad_status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad["error"]["code"], "invalid_idempotency_key");
+
+    let database = deployment.database().await;
+    let tasks: i64 = database.query_one("SELECT count(*) FROM tasks", &[]).await.unwrap().get(0);
+    let attachments: i64 = database.query_one("SELECT count(*) FROM attachments", &[]).await.unwrap().get(0);
+    assert_eq!((tasks, attachments), (2, 4));
+    deployment.stop().await;
+}

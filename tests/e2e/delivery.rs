@@ -1,0 +1,172 @@
+//! Callback delivery: signatures a real Standard Webhooks client accepts,
+//! retries that keep the webhook id, and 410 Gone.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{Deployment, Options, ReceivedCallback, Receiver, Source, SourceFile, eventually};
+
+/// Verifies a received callback with the Python `standardwebhooks` package
+/// (installed into `.venv` by scripts/python-env.sh). Returns the payload it
+/// parsed, or the library's error.
+pub fn verify_with_standardwebhooks(secret: &str, callback: &ReceivedCallback) -> Result<Value, String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = std::env::var("ATTACHE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/python-env.sh to install standardwebhooks",
+        python.display()
+    );
+    let input = json!({
+        "secret": secret,
+        "headers": {
+            "webhook-id": callback.webhook_id,
+            "webhook-timestamp": callback.timestamp,
+            "webhook-signature": callback.signature,
+        },
+        "body": callback.body,
+    });
+    let mut child = Command::new(python)
+        .arg(root.join("scripts/verify_webhook.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the Python verifier starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    match output.status.code() {
+        Some(0) => Ok(serde_json::from_str(&stdout).expect("the verifier prints the payload")),
+        Some(1) => Err(stdout),
+        _ => panic!("the verifier failed to run: {}", String::from_utf8_lossy(&output.stderr)),
+    }
+}
+
+async fn one_file_task(deployment: &Deployment, receiver: &Receiver, source: &Source) -> String {
+    let (status, accepted) = deployment
+        .submit(
+            &json!({"callback_url": receiver.url(), "attachments": [{"uri": source.url("a.txt")}]}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    accepted["task_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn standardwebhooks_rejects_a_tampered_callback() {
+    let deployment = Deployment::start(Options::default()).await;
+    let source = Source::start([("a.txt", SourceFile::new("a", "text/plain"))]).await;
+    let receiver = Receiver::start([]).await;
+    one_file_task(&deployment, &receiver, &source).await;
+    let callback = receiver.wait_for(1).await.remove(0);
+
+    assert!(verify_with_standardwebhooks(&deployment.team.signing_secret, &callback).is_ok());
+    let mut tampered = callback.clone();
+    tampered.body = tampered.body.replace("succeeded", "failed");
+    assert!(verify_with_standardwebhooks(&deployment.team.signing_secret, &tampered).is_err());
+    let other_team = deployment.create_team("other").await;
+    assert!(verify_with_standardwebhooks(&other_team.signing_secret, &callback).is_err());
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callback_retries_after_503_with_the_same_webhook_id() {
+    let deployment = Deployment::start(Options::default()).await;
+    let source = Source::start([("a.txt", SourceFile::new("a", "text/plain"))]).await;
+    let receiver = Receiver::start([StatusCode::SERVICE_UNAVAILABLE, StatusCode::INTERNAL_SERVER_ERROR]).await;
+    one_file_task(&deployment, &receiver, &source).await;
+
+    let received = receiver.wait_for(3).await;
+    assert_eq!(received[0].webhook_id, received[1].webhook_id);
+    assert_eq!(received[1].webhook_id, received[2].webhook_id);
+    assert_eq!(received[0].body, received[2].body, "every attempt sends the same body");
+    for callback in &received {
+        assert!(verify_with_standardwebhooks(&deployment.team.signing_secret, callback).is_ok());
+    }
+
+    let database = deployment.database().await;
+    let row = eventually(Duration::from_secs(10), "the callback to be delivered", || async {
+        let row = database
+            .query_one("SELECT status, attempts, last_status_code FROM callbacks", &[])
+            .await
+            .unwrap();
+        (row.get::<_, &str>(0) == "delivered").then_some(row)
+    })
+    .await;
+    assert_eq!(row.get::<_, i32>(1), 3);
+    assert_eq!(row.get::<_, Option<i32>>(2), Some(204));
+    let codes: Vec<Option<i32>> = database
+        .query("SELECT status_code FROM callback_attempts ORDER BY attempt", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(codes, [Some(503), Some(500), Some(204)]);
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callback_answered_410_is_dead_at_once() {
+    let deployment = Deployment::start(Options::default()).await;
+    let source = Source::start([("a.txt", SourceFile::new("a", "text/plain"))]).await;
+    let receiver = Receiver::start([StatusCode::GONE]).await;
+    one_file_task(&deployment, &receiver, &source).await;
+
+    receiver.wait_for(1).await;
+    let database = deployment.database().await;
+    let row = eventually(Duration::from_secs(10), "the callback to be dead", || async {
+        let row = database
+            .query_one("SELECT status, attempts, last_error FROM callbacks", &[])
+            .await
+            .unwrap();
+        (row.get::<_, &str>(0) != "pending").then_some(row)
+    })
+    .await;
+    assert_eq!(row.get::<_, &str>(0), "dead");
+    assert_eq!(row.get::<_, i32>(1), 1);
+    assert!(row.get::<_, &str>(2).contains("410"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 1, "no retry after 410");
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callback_redirects_are_not_followed() {
+    let deployment = Deployment::start(Options {
+        callback_max_attempts: 1,
+        ..Options::default()
+    })
+    .await;
+    let source = Source::start([("a.txt", SourceFile::new("a", "text/plain"))]).await;
+    let receiver = Receiver::start([StatusCode::FOUND]).await;
+    one_file_task(&deployment, &receiver, &source).await;
+
+    receiver.wait_for(1).await;
+    let database = deployment.database().await;
+    let row = eventually(Duration::from_secs(10), "the callback to be dead", || async {
+        let row = database
+            .query_one("SELECT status, last_status_code FROM callbacks", &[])
+            .await
+            .unwrap();
+        (row.get::<_, &str>(0) != "pending").then_some(row)
+    })
+    .await;
+    assert_eq!(row.get::<_, &str>(0), "dead");
+    assert_eq!(row.get::<_, Option<i32>>(1), Some(302));
+    deployment.stop().await;
+}

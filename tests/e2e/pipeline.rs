@@ -1,0 +1,157 @@
+//! A task's whole path: submission, fetches, the stored objects, the task's
+//! final state and its one signed callback.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::delivery::verify_with_standardwebhooks;
+use crate::support::{Deployment, Options, Receiver, Source, SourceFile, sha256_hex};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn task_with_mixed_attachments_completes_with_one_signed_callback() {
+    let deployment = Deployment::start(Options::default()).await;
+    let report = "quarterly figures\n".repeat(100);
+    let image: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    let oversized = vec![b'x'; 70 * 1024];
+    let source = Source::start([
+        ("report.txt", SourceFile::new(report.clone(), "text/plain")),
+        ("image.bin", SourceFile::new(image.clone(), "application/octet-stream").chunked()),
+        ("big-announced.bin", SourceFile::new(oversized.clone(), "application/octet-stream")),
+        ("big-chunked.bin", SourceFile::new(oversized, "application/octet-stream").chunked()),
+    ])
+    .await;
+    let receiver = Receiver::start([]).await;
+
+    let (status, accepted) = deployment
+        .submit(
+            &json!({
+                "callback_url": receiver.url(),
+                "attachments": [
+                    {"uri": source.url("report.txt")},
+                    {"uri": source.url("image.bin")},
+                    {"uri": source.url("missing.pdf")},
+                    {"uri": source.url("big-announced.bin")},
+                    {"uri": source.url("big-chunked.bin")},
+                ],
+                "metadata": {"ticket": "T-1"},
+            }),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let task_id = accepted["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(accepted["attachments"].as_array().unwrap().len(), 5);
+
+    let callbacks = receiver.wait_for(1).await;
+    let callback = &callbacks[0];
+    let payload = callback.json();
+    assert_eq!(payload["type"], "task.completed");
+    assert_eq!(payload["data"]["task_id"], task_id.as_str());
+    assert_eq!(payload["data"]["status"], "partially_failed");
+    assert_eq!(payload["data"]["metadata"], json!({"ticket": "T-1"}));
+    assert_eq!(callback.content_type, "application/json");
+    assert!(callback.webhook_id.starts_with("msg_"), "{}", callback.webhook_id);
+
+    let attachments = payload["data"]["attachments"].as_array().unwrap();
+    let expected = [
+        ("succeeded", None, Some(report.len()), Some(sha256_hex(report.as_bytes())), Some("text/plain")),
+        ("succeeded", None, Some(image.len()), Some(sha256_hex(&image)), Some("application/octet-stream")),
+        ("failed", Some("not_found"), None, None, None),
+        ("failed", Some("too_large"), None, None, None),
+        ("failed", Some("too_large"), None, None, None),
+    ];
+    for (index, (attachment, (status, code, size, sha256, content_type))) in
+        attachments.iter().zip(expected).enumerate()
+    {
+        assert_eq!(attachment["attachment_id"], accepted["attachments"][index]["attachment_id"]);
+        assert_eq!(attachment["status"], status, "attachment {index}: {attachment}");
+        assert_eq!(attachment["error_code"].as_str(), code, "attachment {index}: {attachment}");
+        assert_eq!(attachment["size_bytes"].as_u64(), size.map(|s| s as u64), "attachment {index}");
+        assert_eq!(attachment["sha256"].as_str(), sha256.as_deref(), "attachment {index}");
+        assert_eq!(attachment["content_type"].as_str(), content_type, "attachment {index}");
+        if code.is_some() {
+            assert!(!attachment["error_message"].as_str().unwrap().is_empty());
+        }
+    }
+
+    let verified = verify_with_standardwebhooks(&deployment.team.signing_secret, callback);
+    assert_eq!(verified, Ok(payload.clone()));
+
+    // The API shows the same outcome, and the store holds the bytes.
+    let task = deployment.finished_task(&task_id).await;
+    assert_eq!(task["status"], "partially_failed");
+    assert_eq!(task["attachments"], payload["data"]["attachments"]);
+    let stored_report = std::fs::read(
+        deployment
+            .store_dir
+            .path()
+            .join(deployment.team.team_id.to_string())
+            .join(&task_id)
+            .join(accepted["attachments"][0]["attachment_id"].as_str().unwrap()),
+    )
+    .expect("the first attachment is in the store");
+    assert_eq!(stored_report, report.as_bytes());
+
+    // Exactly one callback: nothing else arrives.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(receiver.received().len(), 1);
+    // A missing file is final at once: one request, no retries.
+    assert_eq!(source.hits("missing.pdf"), 1);
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_errors_are_retried_until_the_fetch_succeeds() {
+    let deployment = Deployment::start(Options::default()).await;
+    let source = Source::start([(
+        "flaky.txt",
+        SourceFile::new("eventually here", "text/plain").failing_first(2, StatusCode::SERVICE_UNAVAILABLE),
+    )])
+    .await;
+    let receiver = Receiver::start([]).await;
+    let (status, accepted) = deployment
+        .submit(
+            &json!({"callback_url": receiver.url(), "attachments": [{"uri": source.url("flaky.txt")}]}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+
+    let payload = receiver.wait_for(1).await[0].json();
+    assert_eq!(payload["data"]["status"], "succeeded");
+    assert_eq!(source.hits("flaky.txt"), 3);
+    let attempts: i32 = deployment
+        .database()
+        .await
+        .query_one("SELECT attempts FROM attachments", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 3);
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retryable_failures_stop_after_the_last_attempt() {
+    let deployment = Deployment::start(Options::default()).await;
+    let source = Source::start([(
+        "down.txt",
+        SourceFile::new("never", "text/plain").failing_first(100, StatusCode::BAD_GATEWAY),
+    )])
+    .await;
+    let receiver = Receiver::start([]).await;
+    deployment
+        .submit(
+            &json!({"callback_url": receiver.url(), "attachments": [{"uri": source.url("down.txt")}]}),
+            None,
+        )
+        .await;
+
+    let payload = receiver.wait_for(1).await[0].json();
+    assert_eq!(payload["data"]["status"], "failed");
+    assert_eq!(payload["data"]["attachments"][0]["error_code"], "server_error");
+    assert_eq!(source.hits("down.txt"), Options::default().fetch_max_attempts);
+    deployment.stop().await;
+}

@@ -1,0 +1,80 @@
+//! What reaches the queues besides good jobs: undecodable messages and
+//! duplicates.
+
+use std::time::Duration;
+
+use attache_domain::{AttachmentId, FetchJob, JobMessage};
+use attache_queue::{Publisher, QueueKind};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::{Deployment, Options, Receiver, Source, SourceFile, eventually};
+
+async fn publish(deployment: &Deployment, kind: QueueKind, body: Vec<u8>) {
+    let connection = lapin::Connection::connect(&deployment.amqp_url, Default::default())
+        .await
+        .expect("RabbitMQ answers");
+    let publisher = Publisher::open(&connection, deployment.topology.clone())
+        .await
+        .expect("a publishing channel");
+    publisher
+        .publish_batch(&[(kind, body)])
+        .await
+        .expect("the broker confirms");
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn undecodable_messages_are_dead_lettered() {
+    let deployment = Deployment::start(Options::default()).await;
+    publish(&deployment, QueueKind::Fetch, b"not a job".to_vec()).await;
+    publish(&deployment, QueueKind::Callback, br#"{"version":99,"type":"callback"}"#.to_vec()).await;
+    for kind in QueueKind::ALL {
+        eventually(Duration::from_secs(15), "the message to be dead-lettered", || async {
+            (deployment.dead_letter_depth(kind).await == 1).then_some(())
+        })
+        .await;
+    }
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicate_and_unknown_jobs_change_nothing() {
+    let deployment = Deployment::start(Options::default()).await;
+    let source = Source::start([("a.txt", SourceFile::new("a", "text/plain"))]).await;
+    let receiver = Receiver::start([]).await;
+    let (status, accepted) = deployment
+        .submit(
+            &json!({"callback_url": receiver.url(), "attachments": [{"uri": source.url("a.txt")}]}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    receiver.wait_for(1).await;
+
+    let attachment_id: AttachmentId = accepted["attachments"][0]["attachment_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for job in [
+        FetchJob { attachment_id, attempt: 0 },
+        FetchJob { attachment_id: AttachmentId::new(), attempt: 0 },
+    ] {
+        publish(&deployment, QueueKind::Fetch, JobMessage::Fetch(job).encode()).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    assert_eq!(source.hits("a.txt"), 1, "the duplicate job did not fetch again");
+    assert_eq!(receiver.received().len(), 1, "no second callback");
+    assert_eq!(deployment.dead_letter_depth(QueueKind::Fetch).await, 0);
+    let attempts: i32 = deployment
+        .database()
+        .await
+        .query_one("SELECT attempts FROM attachments", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 1);
+    deployment.stop().await;
+}
