@@ -13,7 +13,9 @@ fn task(attachments: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invalid_requests_are_rejected_naming_the_field() {
     let deployment = Deployment::start(Options::default()).await;
-    let eleven: Vec<Value> = (0..11).map(|i| json!({"uri": format!("http://127.0.0.1:9/{i}")})).collect();
+    let eleven: Vec<Value> = (0..11)
+        .map(|i| json!({"uri": format!("http://127.0.0.1:9/{i}")}))
+        .collect();
     let cases: Vec<(String, StatusCode, &str, Option<&str>)> = vec![
         ("not json".into(), StatusCode::BAD_REQUEST, "invalid_json", None),
         ("[]".into(), StatusCode::BAD_REQUEST, "invalid_json", None),
@@ -42,7 +44,10 @@ async fn invalid_requests_are_rejected_naming_the_field() {
         assert_eq!(actual_status, status, "{shown}: {error}");
         assert_eq!(error["error"]["code"], code, "{shown}: {error}");
         assert_eq!(error["error"]["field"].as_str(), field, "{shown}: {error}");
-        assert!(error["error"]["message"].as_str().unwrap().len() > 20, "{shown}: {error}");
+        assert!(
+            error["error"]["message"].as_str().unwrap().len() > 20,
+            "{shown}: {error}"
+        );
     }
 
     let count: i64 = deployment
@@ -127,8 +132,16 @@ async fn resubmitting_with_an_idempotency_key_returns_the_original_task() {
     assert_eq!(bad["error"]["code"], "invalid_idempotency_key");
 
     let database = deployment.database().await;
-    let tasks: i64 = database.query_one("SELECT count(*) FROM tasks", &[]).await.unwrap().get(0);
-    let attachments: i64 = database.query_one("SELECT count(*) FROM attachments", &[]).await.unwrap().get(0);
+    let tasks: i64 = database
+        .query_one("SELECT count(*) FROM tasks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let attachments: i64 = database
+        .query_one("SELECT count(*) FROM attachments", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!((tasks, attachments), (2, 4));
     deployment.stop().await;
 }

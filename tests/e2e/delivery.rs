@@ -9,12 +9,17 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Deployment, Options, ReceivedCallback, Receiver, Source, SourceFile, eventually};
+use crate::support::{
+    Deployment, Options, ReceivedCallback, Receiver, Source, SourceFile, eventually,
+};
 
 /// Verifies a received callback with the Python `standardwebhooks` package
 /// (installed into `.venv` by scripts/python-env.sh). Returns the payload it
 /// parsed, or the library's error.
-pub fn verify_with_standardwebhooks(secret: &str, callback: &ReceivedCallback) -> Result<Value, String> {
+pub fn verify_with_standardwebhooks(
+    secret: &str,
+    callback: &ReceivedCallback,
+) -> Result<Value, String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let python = std::env::var("ATTACHE_TEST_PYTHON")
         .map(PathBuf::from)
@@ -51,7 +56,10 @@ pub fn verify_with_standardwebhooks(secret: &str, callback: &ReceivedCallback) -
     match output.status.code() {
         Some(0) => Ok(serde_json::from_str(&stdout).expect("the verifier prints the payload")),
         Some(1) => Err(stdout),
-        _ => panic!("the verifier failed to run: {}", String::from_utf8_lossy(&output.stderr)),
+        _ => panic!(
+            "the verifier failed to run: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
     }
 }
 
@@ -87,30 +95,47 @@ async fn standardwebhooks_rejects_a_tampered_callback() {
 async fn callback_retries_after_503_with_the_same_webhook_id() {
     let deployment = Deployment::start(Options::default()).await;
     let source = Source::start([("a.txt", SourceFile::new("a", "text/plain"))]).await;
-    let receiver = Receiver::start([StatusCode::SERVICE_UNAVAILABLE, StatusCode::INTERNAL_SERVER_ERROR]).await;
+    let receiver = Receiver::start([
+        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::INTERNAL_SERVER_ERROR,
+    ])
+    .await;
     one_file_task(&deployment, &receiver, &source).await;
 
     let received = receiver.wait_for(3).await;
     assert_eq!(received[0].webhook_id, received[1].webhook_id);
     assert_eq!(received[1].webhook_id, received[2].webhook_id);
-    assert_eq!(received[0].body, received[2].body, "every attempt sends the same body");
+    assert_eq!(
+        received[0].body, received[2].body,
+        "every attempt sends the same body"
+    );
     for callback in &received {
         assert!(verify_with_standardwebhooks(&deployment.team.signing_secret, callback).is_ok());
     }
 
     let database = deployment.database().await;
-    let row = eventually(Duration::from_secs(10), "the callback to be delivered", || async {
-        let row = database
-            .query_one("SELECT status, attempts, last_status_code FROM callbacks", &[])
-            .await
-            .unwrap();
-        (row.get::<_, &str>(0) == "delivered").then_some(row)
-    })
+    let row = eventually(
+        Duration::from_secs(10),
+        "the callback to be delivered",
+        || async {
+            let row = database
+                .query_one(
+                    "SELECT status, attempts, last_status_code FROM callbacks",
+                    &[],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, &str>(0) == "delivered").then_some(row)
+        },
+    )
     .await;
     assert_eq!(row.get::<_, i32>(1), 3);
     assert_eq!(row.get::<_, Option<i32>>(2), Some(204));
     let codes: Vec<Option<i32>> = database
-        .query("SELECT status_code FROM callback_attempts ORDER BY attempt", &[])
+        .query(
+            "SELECT status_code FROM callback_attempts ORDER BY attempt",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -129,13 +154,17 @@ async fn callback_answered_410_is_dead_at_once() {
 
     receiver.wait_for(1).await;
     let database = deployment.database().await;
-    let row = eventually(Duration::from_secs(10), "the callback to be dead", || async {
-        let row = database
-            .query_one("SELECT status, attempts, last_error FROM callbacks", &[])
-            .await
-            .unwrap();
-        (row.get::<_, &str>(0) != "pending").then_some(row)
-    })
+    let row = eventually(
+        Duration::from_secs(10),
+        "the callback to be dead",
+        || async {
+            let row = database
+                .query_one("SELECT status, attempts, last_error FROM callbacks", &[])
+                .await
+                .unwrap();
+            (row.get::<_, &str>(0) != "pending").then_some(row)
+        },
+    )
     .await;
     assert_eq!(row.get::<_, &str>(0), "dead");
     assert_eq!(row.get::<_, i32>(1), 1);
@@ -158,13 +187,17 @@ async fn callback_redirects_are_not_followed() {
 
     receiver.wait_for(1).await;
     let database = deployment.database().await;
-    let row = eventually(Duration::from_secs(10), "the callback to be dead", || async {
-        let row = database
-            .query_one("SELECT status, last_status_code FROM callbacks", &[])
-            .await
-            .unwrap();
-        (row.get::<_, &str>(0) != "pending").then_some(row)
-    })
+    let row = eventually(
+        Duration::from_secs(10),
+        "the callback to be dead",
+        || async {
+            let row = database
+                .query_one("SELECT status, last_status_code FROM callbacks", &[])
+                .await
+                .unwrap();
+            (row.get::<_, &str>(0) != "pending").then_some(row)
+        },
+    )
     .await;
     assert_eq!(row.get::<_, &str>(0), "dead");
     assert_eq!(row.get::<_, Option<i32>>(1), Some(302));

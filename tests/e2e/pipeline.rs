@@ -17,9 +17,18 @@ async fn task_with_mixed_attachments_completes_with_one_signed_callback() {
     let oversized = vec![b'x'; 70 * 1024];
     let source = Source::start([
         ("report.txt", SourceFile::new(report.clone(), "text/plain")),
-        ("image.bin", SourceFile::new(image.clone(), "application/octet-stream").chunked()),
-        ("big-announced.bin", SourceFile::new(oversized.clone(), "application/octet-stream")),
-        ("big-chunked.bin", SourceFile::new(oversized, "application/octet-stream").chunked()),
+        (
+            "image.bin",
+            SourceFile::new(image.clone(), "application/octet-stream").chunked(),
+        ),
+        (
+            "big-announced.bin",
+            SourceFile::new(oversized.clone(), "application/octet-stream"),
+        ),
+        (
+            "big-chunked.bin",
+            SourceFile::new(oversized, "application/octet-stream").chunked(),
+        ),
     ])
     .await;
     let receiver = Receiver::start([]).await;
@@ -52,12 +61,28 @@ async fn task_with_mixed_attachments_completes_with_one_signed_callback() {
     assert_eq!(payload["data"]["status"], "partially_failed");
     assert_eq!(payload["data"]["metadata"], json!({"ticket": "T-1"}));
     assert_eq!(callback.content_type, "application/json");
-    assert!(callback.webhook_id.starts_with("msg_"), "{}", callback.webhook_id);
+    assert!(
+        callback.webhook_id.starts_with("msg_"),
+        "{}",
+        callback.webhook_id
+    );
 
     let attachments = payload["data"]["attachments"].as_array().unwrap();
     let expected = [
-        ("succeeded", None, Some(report.len()), Some(sha256_hex(report.as_bytes())), Some("text/plain")),
-        ("succeeded", None, Some(image.len()), Some(sha256_hex(&image)), Some("application/octet-stream")),
+        (
+            "succeeded",
+            None,
+            Some(report.len()),
+            Some(sha256_hex(report.as_bytes())),
+            Some("text/plain"),
+        ),
+        (
+            "succeeded",
+            None,
+            Some(image.len()),
+            Some(sha256_hex(&image)),
+            Some("application/octet-stream"),
+        ),
         ("failed", Some("not_found"), None, None, None),
         ("failed", Some("too_large"), None, None, None),
         ("failed", Some("too_large"), None, None, None),
@@ -65,12 +90,34 @@ async fn task_with_mixed_attachments_completes_with_one_signed_callback() {
     for (index, (attachment, (status, code, size, sha256, content_type))) in
         attachments.iter().zip(expected).enumerate()
     {
-        assert_eq!(attachment["attachment_id"], accepted["attachments"][index]["attachment_id"]);
-        assert_eq!(attachment["status"], status, "attachment {index}: {attachment}");
-        assert_eq!(attachment["error_code"].as_str(), code, "attachment {index}: {attachment}");
-        assert_eq!(attachment["size_bytes"].as_u64(), size.map(|s| s as u64), "attachment {index}");
-        assert_eq!(attachment["sha256"].as_str(), sha256.as_deref(), "attachment {index}");
-        assert_eq!(attachment["content_type"].as_str(), content_type, "attachment {index}");
+        assert_eq!(
+            attachment["attachment_id"],
+            accepted["attachments"][index]["attachment_id"]
+        );
+        assert_eq!(
+            attachment["status"], status,
+            "attachment {index}: {attachment}"
+        );
+        assert_eq!(
+            attachment["error_code"].as_str(),
+            code,
+            "attachment {index}: {attachment}"
+        );
+        assert_eq!(
+            attachment["size_bytes"].as_u64(),
+            size.map(|s| s as u64),
+            "attachment {index}"
+        );
+        assert_eq!(
+            attachment["sha256"].as_str(),
+            sha256.as_deref(),
+            "attachment {index}"
+        );
+        assert_eq!(
+            attachment["content_type"].as_str(),
+            content_type,
+            "attachment {index}"
+        );
         if code.is_some() {
             assert!(!attachment["error_message"].as_str().unwrap().is_empty());
         }
@@ -89,7 +136,11 @@ async fn task_with_mixed_attachments_completes_with_one_signed_callback() {
             .path()
             .join(deployment.team.team_id.to_string())
             .join(&task_id)
-            .join(accepted["attachments"][0]["attachment_id"].as_str().unwrap()),
+            .join(
+                accepted["attachments"][0]["attachment_id"]
+                    .as_str()
+                    .unwrap(),
+            ),
     )
     .expect("the first attachment is in the store");
     assert_eq!(stored_report, report.as_bytes());
@@ -107,7 +158,8 @@ async fn server_errors_are_retried_until_the_fetch_succeeds() {
     let deployment = Deployment::start(Options::default()).await;
     let source = Source::start([(
         "flaky.txt",
-        SourceFile::new("eventually here", "text/plain").failing_first(2, StatusCode::SERVICE_UNAVAILABLE),
+        SourceFile::new("eventually here", "text/plain")
+            .failing_first(2, StatusCode::SERVICE_UNAVAILABLE),
     )])
     .await;
     let receiver = Receiver::start([]).await;
@@ -151,7 +203,13 @@ async fn retryable_failures_stop_after_the_last_attempt() {
 
     let payload = receiver.wait_for(1).await[0].json();
     assert_eq!(payload["data"]["status"], "failed");
-    assert_eq!(payload["data"]["attachments"][0]["error_code"], "server_error");
-    assert_eq!(source.hits("down.txt"), Options::default().fetch_max_attempts);
+    assert_eq!(
+        payload["data"]["attachments"][0]["error_code"],
+        "server_error"
+    );
+    assert_eq!(
+        source.hits("down.txt"),
+        Options::default().fetch_max_attempts
+    );
     deployment.stop().await;
 }

@@ -28,11 +28,18 @@ async fn publish(deployment: &Deployment, kind: QueueKind, body: Vec<u8>) {
 async fn undecodable_messages_are_dead_lettered() {
     let deployment = Deployment::start(Options::default()).await;
     publish(&deployment, QueueKind::Fetch, b"not a job".to_vec()).await;
-    publish(&deployment, QueueKind::Callback, br#"{"version":99,"type":"callback"}"#.to_vec()).await;
+    publish(
+        &deployment,
+        QueueKind::Callback,
+        br#"{"version":99,"type":"callback"}"#.to_vec(),
+    )
+    .await;
     for kind in QueueKind::ALL {
-        eventually(Duration::from_secs(15), "the message to be dead-lettered", || async {
-            (deployment.dead_letter_depth(kind).await == 1).then_some(())
-        })
+        eventually(
+            Duration::from_secs(15),
+            "the message to be dead-lettered",
+            || async { (deployment.dead_letter_depth(kind).await == 1).then_some(()) },
+        )
         .await;
     }
     deployment.stop().await;
@@ -58,14 +65,29 @@ async fn duplicate_and_unknown_jobs_change_nothing() {
         .parse()
         .unwrap();
     for job in [
-        FetchJob { attachment_id, attempt: 0 },
-        FetchJob { attachment_id: AttachmentId::new(), attempt: 0 },
+        FetchJob {
+            attachment_id,
+            attempt: 0,
+        },
+        FetchJob {
+            attachment_id: AttachmentId::new(),
+            attempt: 0,
+        },
     ] {
-        publish(&deployment, QueueKind::Fetch, JobMessage::Fetch(job).encode()).await;
+        publish(
+            &deployment,
+            QueueKind::Fetch,
+            JobMessage::Fetch(job).encode(),
+        )
+        .await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    assert_eq!(source.hits("a.txt"), 1, "the duplicate job did not fetch again");
+    assert_eq!(
+        source.hits("a.txt"),
+        1,
+        "the duplicate job did not fetch again"
+    );
     assert_eq!(receiver.received().len(), 1, "no second callback");
     assert_eq!(deployment.dead_letter_depth(QueueKind::Fetch).await, 0);
     let attempts: i32 = deployment

@@ -37,7 +37,10 @@ impl Handler for CallbackHandler {
         let job = match JobMessage::decode(body) {
             Ok(JobMessage::Callback(job)) => job,
             Ok(other) => {
-                tracing::error!(?other, "a non-callback job reached the callback queue; dead-lettering it");
+                tracing::error!(
+                    ?other,
+                    "a non-callback job reached the callback queue; dead-lettering it"
+                );
                 return Disposition::DeadLetter;
             }
             Err(error) => {
@@ -45,7 +48,8 @@ impl Handler for CallbackHandler {
                 return Disposition::DeadLetter;
             }
         };
-        let span = tracing::info_span!("callback", callback_id = %job.callback_id, attempt = job.attempt);
+        let span =
+            tracing::info_span!("callback", callback_id = %job.callback_id, attempt = job.attempt);
         match self.process(job).instrument(span).await {
             Ok(()) => Disposition::Ack,
             Err(error) => {
@@ -159,10 +163,13 @@ impl CallbackHandler {
         };
         if sent.gone {
             return DeliveryResult::Dead {
-                error: "the endpoint answered 410 Gone, which stops delivery of this callback".to_owned(),
+                error: "the endpoint answered 410 Gone, which stops delivery of this callback"
+                    .to_owned(),
             };
         }
-        let age = (chrono::Utc::now() - delivery.created_at).to_std().unwrap_or(Duration::ZERO);
+        let age = (chrono::Utc::now() - delivery.created_at)
+            .to_std()
+            .unwrap_or(Duration::ZERO);
         match self.retry.next_delay(delivery.attempts + 1, age) {
             Some(delay) => DeliveryResult::Retry {
                 error: error.clone(),

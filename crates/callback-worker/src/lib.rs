@@ -91,23 +91,39 @@ pub struct CallbackWorker {
 impl CallbackWorker {
     /// Connects to PostgreSQL, migrates it and binds the admin listener.
     pub async fn bind(config: CallbackWorkerConfig) -> anyhow::Result<Self> {
-        anyhow::ensure!(config.callback_concurrency > 0, "--callback-concurrency must be at least 1");
-        anyhow::ensure!(config.callback_max_attempts > 0, "--callback-max-attempts must be at least 1");
+        anyhow::ensure!(
+            config.callback_concurrency > 0,
+            "--callback-concurrency must be at least 1"
+        );
+        anyhow::ensure!(
+            config.callback_max_attempts > 0,
+            "--callback-max-attempts must be at least 1"
+        );
         let store = Store::connect(&config.database)?;
         store.migrate().await?;
         let admin = TcpListener::bind(config.admin_addr).await?;
-        Ok(Self { config, store, admin })
+        Ok(Self {
+            config,
+            store,
+            admin,
+        })
     }
 
     /// The address the admin server listens on.
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().expect("a bound listener has an address")
+        self.admin
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Consumes callback jobs until `shutdown` fires and in-flight jobs
     /// finish.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { config, store, admin } = self;
+        let Self {
+            config,
+            store,
+            admin,
+        } = self;
         let readiness = Readiness::default();
         readiness.check("database").store(true, Ordering::Relaxed);
         let broker_ready = readiness.check("broker");
@@ -129,14 +145,21 @@ impl CallbackWorker {
         let settings = ConsumerSettings {
             amqp_url: config.broker.amqp_url.clone(),
             connection_name: "attache-callback-worker".to_owned(),
-            topology: Topology::new(&config.broker.queue_prefix, config.broker.queue_delivery_limit),
+            topology: Topology::new(
+                &config.broker.queue_prefix,
+                config.broker.queue_delivery_limit,
+            ),
             kind: QueueKind::Callback,
             prefetch: config.callback_concurrency,
             shutdown_deadline: config.shutdown_deadline,
             requeue_delay: Duration::from_secs(2),
         };
 
-        let admin = tokio::spawn(attache_telemetry::serve_admin(admin, readiness, shutdown.clone()));
+        let admin = tokio::spawn(attache_telemetry::serve_admin(
+            admin,
+            readiness,
+            shutdown.clone(),
+        ));
         attache_queue::run_consumer(settings, Arc::new(handler), broker_ready, shutdown).await;
         admin.await?;
         tracing::info!("callback-worker stopped");

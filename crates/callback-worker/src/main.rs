@@ -6,7 +6,11 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(name = "attache-callback-worker", version, about = "Delivers Attaché's signed task callbacks")]
+#[command(
+    name = "attache-callback-worker",
+    version,
+    about = "Delivers Attaché's signed task callbacks"
+)]
 struct Cli {
     #[command(flatten)]
     log: LogArgs,

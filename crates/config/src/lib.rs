@@ -76,9 +76,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("`{text}` has no unit: write it as 250ms, 30s, 5m or 2h"))?;
     let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` does not start with a whole number: write 250ms, 30s, 5m or 2h"))?;
+    let value: u64 = number.parse().map_err(|_| {
+        format!("`{text}` does not start with a whole number: write 250ms, 30s, 5m or 2h")
+    })?;
     match unit {
         "ms" => Ok(Duration::from_millis(value)),
         "s" => Ok(Duration::from_secs(value)),

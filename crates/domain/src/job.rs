@@ -65,7 +65,8 @@ impl JobMessage {
             version: MESSAGE_VERSION,
             job: self.clone(),
         };
-        serde_json::to_vec(&envelope).expect("a job message always serializes: ids and integers only")
+        serde_json::to_vec(&envelope)
+            .expect("a job message always serializes: ids and integers only")
     }
 
     /// Serializes the message with its version as a JSON value, for the
@@ -122,7 +123,10 @@ mod tests {
     fn newer_version_is_rejected() {
         let body = br#"{"version":2,"type":"fetch","attachment_id":"0190c1a8-0000-7000-8000-000000000000","attempt":0}"#;
         let error = JobMessage::decode(body).unwrap_err();
-        assert!(matches!(error, DecodeError::UnsupportedVersion { found: 2 }));
+        assert!(matches!(
+            error,
+            DecodeError::UnsupportedVersion { found: 2 }
+        ));
     }
 
     #[test]

@@ -46,7 +46,10 @@ impl Handler for FetchHandler {
         let job = match JobMessage::decode(body) {
             Ok(JobMessage::Fetch(job)) => job,
             Ok(other) => {
-                tracing::error!(?other, "a non-fetch job reached the fetch queue; dead-lettering it");
+                tracing::error!(
+                    ?other,
+                    "a non-fetch job reached the fetch queue; dead-lettering it"
+                );
                 return Disposition::DeadLetter;
             }
             Err(error) => {
@@ -107,14 +110,25 @@ impl FetchHandler {
 
     /// Runs one fetch; returns the provider (when the URI parsed), the
     /// egress member and the outcome.
-    async fn attempt(&self, target: &FetchTarget) -> (Option<Provider>, Option<String>, Result<Stored, FetchError>) {
+    async fn attempt(
+        &self,
+        target: &FetchTarget,
+    ) -> (Option<Provider>, Option<String>, Result<Stored, FetchError>) {
         let reference = match AttachmentRef::parse(&target.uri) {
             Ok(reference) => reference,
-            Err(error) => return (None, None, Err(FetchError::new(error.code(), error.message()))),
+            Err(error) => {
+                return (
+                    None,
+                    None,
+                    Err(FetchError::new(error.code(), error.message())),
+                );
+            }
         };
         let provider = reference.provider();
-        let (Some(access), Some(fetcher)) = (access::resolve(target.team_id, provider), self.fetchers.get(provider))
-        else {
+        let (Some(access), Some(fetcher)) = (
+            access::resolve(target.team_id, provider),
+            self.fetchers.get(provider),
+        ) else {
             let error = FetchError::new(
                 ErrorCode::UnsupportedScheme,
                 format!("{provider} attachments are not enabled on this deployment"),
@@ -138,13 +152,27 @@ impl FetchHandler {
     /// Streams an object into the attachment store, counting and hashing it;
     /// fails with `too_large` as soon as it passes the limit, whatever the
     /// source announced.
-    async fn store_object(&self, target: &FetchTarget, object: ObjectStream) -> Result<Stored, FetchError> {
-        let storage_key = format!("{}/{}/{}", target.team_id, target.task_id, target.attachment_id);
+    async fn store_object(
+        &self,
+        target: &FetchTarget,
+        object: ObjectStream,
+    ) -> Result<Stored, FetchError> {
+        let storage_key = format!(
+            "{}/{}/{}",
+            target.team_id, target.task_id, target.attachment_id
+        );
         let storage_failed = |error: std::io::Error| {
             tracing::error!(%error, "attachment store write failed");
-            FetchError::new(ErrorCode::StorageFailed, "the attachment store failed to write the file")
+            FetchError::new(
+                ErrorCode::StorageFailed,
+                "the attachment store failed to write the file",
+            )
         };
-        let mut upload = self.attachments.begin(&storage_key).await.map_err(storage_failed)?;
+        let mut upload = self
+            .attachments
+            .begin(&storage_key)
+            .await
+            .map_err(storage_failed)?;
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         let mut body = object.body;
@@ -168,12 +196,21 @@ impl FetchHandler {
 
     /// Turns an outcome into what is recorded: stored, failed for good, or
     /// retried after a back-off while the policy allows.
-    fn classify(&self, target: &FetchTarget, provider: Option<Provider>, outcome: Result<Stored, FetchError>) -> FetchResult {
+    fn classify(
+        &self,
+        target: &FetchTarget,
+        provider: Option<Provider>,
+        outcome: Result<Stored, FetchError>,
+    ) -> FetchResult {
         let provider = provider_label(provider);
         let error = match outcome {
             Ok(stored) => {
-                FETCHES.with_label_values(&[provider, "succeeded", ""]).inc();
-                FETCH_BYTES.with_label_values(&[provider]).inc_by(stored.size_bytes);
+                FETCHES
+                    .with_label_values(&[provider, "succeeded", ""])
+                    .inc();
+                FETCH_BYTES
+                    .with_label_values(&[provider])
+                    .inc_by(stored.size_bytes);
                 tracing::info!(size_bytes = stored.size_bytes, "attachment stored");
                 return FetchResult::Stored {
                     size_bytes: stored.size_bytes,
@@ -184,7 +221,9 @@ impl FetchHandler {
             }
             Err(error) => error,
         };
-        let age = (chrono::Utc::now() - target.created_at).to_std().unwrap_or(Duration::ZERO);
+        let age = (chrono::Utc::now() - target.created_at)
+            .to_std()
+            .unwrap_or(Duration::ZERO);
         let delay = error
             .code
             .is_retryable()

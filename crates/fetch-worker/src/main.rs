@@ -6,7 +6,11 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(name = "attache-fetch-worker", version, about = "Fetches Attaché attachments into the attachment store")]
+#[command(
+    name = "attache-fetch-worker",
+    version,
+    about = "Fetches Attaché attachments into the attachment store"
+)]
 struct Cli {
     #[command(flatten)]
     log: LogArgs,

@@ -8,7 +8,11 @@ use crate::ProducerConfig;
 use crate::keys::TeamCredentials;
 
 #[derive(Parser, Debug)]
-#[command(name = "attache-producer", version, about = "Attaché's task API and outbox relay")]
+#[command(
+    name = "attache-producer",
+    version,
+    about = "Attaché's task API and outbox relay"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,

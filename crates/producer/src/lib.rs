@@ -69,12 +69,16 @@ impl Producer {
 
     /// The address the API listens on.
     pub fn api_addr(&self) -> SocketAddr {
-        self.api.local_addr().expect("a bound listener has an address")
+        self.api
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// The address the admin server listens on.
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().expect("a bound listener has an address")
+        self.admin
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown` fires: the API stops accepting, in-flight
@@ -91,7 +95,10 @@ impl Producer {
         database_ready.store(true, std::sync::atomic::Ordering::Relaxed);
         let broker_ready = readiness.check("broker");
 
-        let topology = Topology::new(&config.broker.queue_prefix, config.broker.queue_delivery_limit);
+        let topology = Topology::new(
+            &config.broker.queue_prefix,
+            config.broker.queue_delivery_limit,
+        );
         let relay = tokio::spawn(relay::run(
             store.clone(),
             config.broker.amqp_url.clone(),
@@ -100,7 +107,11 @@ impl Producer {
             broker_ready,
             shutdown.clone(),
         ));
-        let admin = tokio::spawn(attache_telemetry::serve_admin(admin, readiness, shutdown.clone()));
+        let admin = tokio::spawn(attache_telemetry::serve_admin(
+            admin,
+            readiness,
+            shutdown.clone(),
+        ));
 
         tracing::info!(addr = %api.local_addr()?, "task API listening");
         let router = api::router(api::AppState::new(store, config.limits.clone()));

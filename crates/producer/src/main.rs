@@ -12,7 +12,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(config) => {
             let shutdown = CancellationToken::new();
             tokio::spawn(attache_telemetry::cancel_on_signal(shutdown.clone()));
-            attache_producer::Producer::bind(config).await?.run(shutdown).await
+            attache_producer::Producer::bind(config)
+                .await?
+                .run(shutdown)
+                .await
         }
         Command::Migrate(database) => attache_producer::cli::migrate(&database).await,
         Command::Team(command) => attache_producer::cli::team(command).await,

@@ -50,9 +50,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let wake = Arc::new(Notify::new());
-    let listener = tokio::spawn(listen(store.database_url().to_owned(), wake.clone(), shutdown.clone()));
+    let listener = tokio::spawn(listen(
+        store.database_url().to_owned(),
+        wake.clone(),
+        shutdown.clone(),
+    ));
 
-    while let Some(connection) = attache_queue::connect(&amqp_url, "attache-producer relay", &shutdown).await {
+    while let Some(connection) =
+        attache_queue::connect(&amqp_url, "attache-producer relay", &shutdown).await
+    {
         let publisher = match Publisher::open(&connection, topology.clone()).await {
             Ok(publisher) => publisher,
             Err(error) => {
@@ -106,7 +112,11 @@ async fn relay_rounds(
 }
 
 /// Claims, publishes and deletes one batch; returns how many rows it moved.
-async fn relay_round(store: &Store, publisher: &Publisher, limit: i64) -> Result<usize, RoundError> {
+async fn relay_round(
+    store: &Store,
+    publisher: &Publisher,
+    limit: i64,
+) -> Result<usize, RoundError> {
     let mut connection = store.connection().await?;
     let tx = connection.transaction().await.map_err(StoreError::from)?;
     let rows = outbox::claim(&tx, limit).await?;
@@ -118,7 +128,11 @@ async fn relay_round(store: &Store, publisher: &Publisher, limit: i64) -> Result
     let mut ids = Vec::with_capacity(rows.len());
     for row in &rows {
         let Some(kind) = QueueKind::parse(&row.kind) else {
-            tracing::error!(outbox_id = row.id, kind = row.kind, "outbox row of unknown kind left in place");
+            tracing::error!(
+                outbox_id = row.id,
+                kind = row.kind,
+                "outbox row of unknown kind left in place"
+            );
             continue;
         };
         messages.push((kind, row.payload.to_string().into_bytes()));

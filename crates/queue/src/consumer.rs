@@ -145,7 +145,13 @@ async fn consume(
     };
 
     if result.is_ok() {
-        drain(&channel, consumer.tag(), in_flight, settings.shutdown_deadline).await;
+        drain(
+            &channel,
+            consumer.tag(),
+            in_flight,
+            settings.shutdown_deadline,
+        )
+        .await;
         let _ = channel.close(200, "shutting down".into()).await;
     }
     result
@@ -154,8 +160,16 @@ async fn consume(
 /// Stops new deliveries and waits for in-flight jobs until the deadline.
 /// Jobs still running after it are abandoned unacknowledged; the broker
 /// redelivers them to another worker.
-async fn drain(channel: &Channel, tag: lapin::types::ShortString, mut in_flight: JoinSet<()>, deadline: Duration) {
-    if let Err(error) = channel.basic_cancel(tag, BasicCancelOptions::default()).await {
+async fn drain(
+    channel: &Channel,
+    tag: lapin::types::ShortString,
+    mut in_flight: JoinSet<()>,
+    deadline: Duration,
+) {
+    if let Err(error) = channel
+        .basic_cancel(tag, BasicCancelOptions::default())
+        .await
+    {
         tracing::warn!(%error, "cannot cancel the consumer");
     }
     let pending = in_flight.len();
@@ -165,7 +179,10 @@ async fn drain(channel: &Channel, tag: lapin::types::ShortString, mut in_flight:
     })
     .await;
     if waited.is_err() {
-        tracing::warn!(abandoned = in_flight.len(), "shutdown deadline passed; jobs will be redelivered");
+        tracing::warn!(
+            abandoned = in_flight.len(),
+            "shutdown deadline passed; jobs will be redelivered"
+        );
         in_flight.abort_all();
     }
 }
@@ -177,16 +194,19 @@ async fn settle(delivery: Delivery, handler: Arc<dyn Handler>, requeue_delay: Du
         Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
         Disposition::Requeue => {
             tokio::time::sleep(requeue_delay).await;
-            delivery
-                .reject(BasicRejectOptions { requeue: true })
-                .await
+            delivery.reject(BasicRejectOptions { requeue: true }).await
         }
         Disposition::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await,
     };
     // `Ok(false)` means the channel is gone: the broker will redeliver.
     match settled {
         Ok(true) => {}
-        Ok(false) => tracing::warn!(?disposition, "channel closed before settling; the job will be redelivered"),
-        Err(error) => tracing::warn!(%error, ?disposition, "cannot settle a delivery; the job will be redelivered"),
+        Ok(false) => tracing::warn!(
+            ?disposition,
+            "channel closed before settling; the job will be redelivered"
+        ),
+        Err(error) => {
+            tracing::warn!(%error, ?disposition, "cannot settle a delivery; the job will be redelivered")
+        }
     }
 }

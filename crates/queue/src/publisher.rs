@@ -37,7 +37,10 @@ impl Publisher {
 
     /// Publishes every message, then waits for all confirms. Succeeds only
     /// if the broker stored every message in its queue.
-    pub async fn publish_batch(&self, messages: &[(QueueKind, Vec<u8>)]) -> Result<(), PublishError> {
+    pub async fn publish_batch(
+        &self,
+        messages: &[(QueueKind, Vec<u8>)],
+    ) -> Result<(), PublishError> {
         let mut confirms = Vec::with_capacity(messages.len());
         for (kind, body) in messages {
             let queue = self.topology.work_queue(*kind);

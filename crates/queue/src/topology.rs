@@ -125,7 +125,10 @@ impl Topology {
 /// support the delivery limit that stops a crash loop on one message.
 fn quorum_arguments() -> FieldTable {
     let mut arguments = FieldTable::default();
-    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     arguments
 }
 
@@ -137,7 +140,10 @@ mod tests {
     fn names_carry_the_prefix() {
         let topology = Topology::new("t1", 5);
         assert_eq!(topology.work_queue(QueueKind::Fetch), "t1.fetch");
-        assert_eq!(topology.dead_letter_queue(QueueKind::Callback), "t1.callback.dead");
+        assert_eq!(
+            topology.dead_letter_queue(QueueKind::Callback),
+            "t1.callback.dead"
+        );
         assert_eq!(topology.dead_letter_exchange(), "t1.dlx");
     }
 

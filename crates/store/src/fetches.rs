@@ -157,7 +157,15 @@ async fn update_attachment(tx: &Transaction<'_>, attempt: &FetchAttempt) -> Resu
                      updated_at = now(), completed_at = now()
                  WHERE id = $1 AND status = 'pending' AND attempts = $2
                  RETURNING task_id",
-                &[&id, &expected, &(*size_bytes as i64), sha256, content_type, storage_key, member],
+                &[
+                    &id,
+                    &expected,
+                    &(*size_bytes as i64),
+                    sha256,
+                    content_type,
+                    storage_key,
+                    member,
+                ],
             )
             .await?
         }
@@ -186,7 +194,11 @@ async fn update_attachment(tx: &Transaction<'_>, attempt: &FetchAttempt) -> Resu
     Ok(row.map(|row| TaskId(row.get("task_id"))))
 }
 
-async fn schedule_retry(tx: &Transaction<'_>, attempt: &FetchAttempt, delay: Duration) -> Result<()> {
+async fn schedule_retry(
+    tx: &Transaction<'_>,
+    attempt: &FetchAttempt,
+    delay: Duration,
+) -> Result<()> {
     let job = JobMessage::Fetch(FetchJob {
         attachment_id: attempt.attachment_id,
         attempt: attempt.attempt + 1,
@@ -203,7 +215,10 @@ async fn schedule_retry(tx: &Transaction<'_>, attempt: &FetchAttempt, delay: Dur
 /// Sets the task's final status and queues its callback once no attachment
 /// is pending. The task row lock serialises the last two attachments of a
 /// task finishing at once: the second to take it sees both outcomes.
-async fn complete_task_if_done(tx: &Transaction<'_>, task_id: TaskId) -> Result<Option<TaskStatus>> {
+async fn complete_task_if_done(
+    tx: &Transaction<'_>,
+    task_id: TaskId,
+) -> Result<Option<TaskStatus>> {
     let task = tx
         .query_one(
             "SELECT callback_url, metadata, status FROM tasks WHERE id = $1 FOR UPDATE",
@@ -240,7 +255,8 @@ async fn complete_task_if_done(tx: &Transaction<'_>, task_id: TaskId) -> Result<
             attachments: &attachments,
         },
     };
-    let body = serde_json::to_string(&payload).expect("callback payload holds only serializable values");
+    let body =
+        serde_json::to_string(&payload).expect("callback payload holds only serializable values");
     let callback_id = CallbackId::new();
     let url: String = task.get("callback_url");
     tx.execute(

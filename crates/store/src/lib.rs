@@ -104,7 +104,11 @@ impl Store {
             .await?;
         let report = outcome?;
         for migration in report.applied_migrations() {
-            tracing::info!(version = migration.version(), name = migration.name(), "applied migration");
+            tracing::info!(
+                version = migration.version(),
+                name = migration.name(),
+                "applied migration"
+            );
         }
         Ok(())
     }

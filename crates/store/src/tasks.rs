@@ -36,7 +36,10 @@ pub enum Inserted {
     Created,
     /// A task with the same idempotency key exists; compare its request hash
     /// to tell a retry from a conflicting reuse.
-    Existing { task_id: TaskId, request_hash: Vec<u8> },
+    Existing {
+        task_id: TaskId,
+        request_hash: Vec<u8>,
+    },
 }
 
 /// A task as shown by the API and sent in its callback.

@@ -34,10 +34,13 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// One named readiness flag.
+type Check = (&'static str, Arc<AtomicBool>);
+
 /// Named readiness flags; the process is ready when every flag is set.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    checks: Arc<std::sync::Mutex<Vec<(&'static str, Arc<AtomicBool>)>>>,
+    checks: Arc<std::sync::Mutex<Vec<Check>>>,
 }
 
 impl Readiness {
@@ -98,7 +101,11 @@ async fn metrics() -> impl IntoResponse {
         tracing::error!(%error, "cannot encode metrics");
         return (StatusCode::INTERNAL_SERVER_ERROR, Vec::new()).into_response();
     }
-    ([(header::CONTENT_TYPE, encoder.format_type().to_owned())], body).into_response()
+    (
+        [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+        body,
+    )
+        .into_response()
 }
 
 /// Cancels `shutdown` on SIGTERM or Ctrl-C.

@@ -90,7 +90,9 @@ impl Deployment {
             .batch_execute(&format!("CREATE DATABASE {database_name}"))
             .await
             .expect("the test user may create databases");
-        let mut database_url: url::Url = admin_url.parse().expect("ATTACHE_TEST_DATABASE_URL is a URL");
+        let mut database_url: url::Url = admin_url
+            .parse()
+            .expect("ATTACHE_TEST_DATABASE_URL is a URL");
         database_url.set_path(&database_name);
 
         let database = DatabaseArgs {
@@ -160,19 +162,29 @@ impl Deployment {
             tokio::spawn(fetch_worker.run(shutdown.clone())),
             tokio::spawn(callback_worker.run(shutdown.clone())),
         ];
-        let http = reqwest::Client::builder().no_proxy().build().expect("a client");
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("a client");
         for admin in [producer_admin, fetch_admin, callback_admin] {
             let url = format!("http://{admin}/readyz");
-            eventually(Duration::from_secs(20), "every binary to be ready", || async {
-                let response = http.get(&url).send().await.ok()?;
-                (response.status() == StatusCode::OK).then_some(())
-            })
+            eventually(
+                Duration::from_secs(20),
+                "every binary to be ready",
+                || async {
+                    let response = http.get(&url).send().await.ok()?;
+                    (response.status() == StatusCode::OK).then_some(())
+                },
+            )
             .await;
         }
 
         let store = Store::connect(&database).expect("a pool");
         let team = TeamCredentials::generate();
-        store.create_team(team.new_team("test team")).await.expect("a team row");
+        store
+            .create_team(team.new_team("test team"))
+            .await
+            .expect("a team row");
         Self {
             api,
             http,
@@ -191,7 +203,10 @@ impl Deployment {
     /// Creates another team in this deployment.
     pub async fn create_team(&self, name: &str) -> TeamCredentials {
         let team = TeamCredentials::generate();
-        self.store.create_team(team.new_team(name)).await.expect("a team row");
+        self.store
+            .create_team(team.new_team(name))
+            .await
+            .expect("a team row");
         team
     }
 
@@ -204,11 +219,17 @@ impl Deployment {
 
     /// POSTs a task as this deployment's team.
     pub async fn submit(&self, body: &Value, idempotency_key: Option<&str>) -> (StatusCode, Value) {
-        self.submit_raw(Some(&self.team.api_key), body.to_string(), idempotency_key).await
+        self.submit_raw(Some(&self.team.api_key), body.to_string(), idempotency_key)
+            .await
     }
 
     /// POSTs a raw body with an optional API key.
-    pub async fn submit_raw(&self, api_key: Option<&str>, body: String, idempotency_key: Option<&str>) -> (StatusCode, Value) {
+    pub async fn submit_raw(
+        &self,
+        api_key: Option<&str>,
+        body: String,
+        idempotency_key: Option<&str>,
+    ) -> (StatusCode, Value) {
         let mut request = self
             .http
             .post(format!("http://{}/v1/tasks", self.api))
@@ -277,13 +298,18 @@ impl Deployment {
             let stopped = tokio::time::timeout(Duration::from_secs(30), service)
                 .await
                 .expect("every binary stops within its shutdown deadline");
-            stopped.expect("no binary panicked").expect("every binary stops cleanly");
+            stopped
+                .expect("no binary panicked")
+                .expect("every binary stops cleanly");
         }
         self.store.close();
         remove_queues(&self.amqp_url, &self.topology).await;
         admin_client(&self.admin_url)
             .await
-            .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.database_name))
+            .batch_execute(&format!(
+                "DROP DATABASE {} WITH (FORCE)",
+                self.database_name
+            ))
             .await
             .expect("the test database can be dropped");
     }
@@ -303,7 +329,10 @@ async fn remove_queues(amqp_url: &str, topology: &Topology) {
         }
     }
     channel
-        .exchange_delete(topology.dead_letter_exchange().as_str().into(), Default::default())
+        .exchange_delete(
+            topology.dead_letter_exchange().as_str().into(),
+            Default::default(),
+        )
         .await
         .expect("the exchange can be deleted");
     let _ = connection.close(200, "done".into()).await;

@@ -5,7 +5,7 @@ mod receiver;
 mod source;
 
 pub use env::{Deployment, Options};
-pub use receiver::{Receiver, ReceivedCallback};
+pub use receiver::{ReceivedCallback, Receiver};
 pub use source::{Source, SourceFile};
 
 use std::time::Duration;
@@ -21,7 +21,10 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -49,8 +49,12 @@ impl Receiver {
             received: Arc::default(),
             plan: Arc::new(Mutex::new(plan.into_iter().collect())),
         };
-        let router = Router::new().route("/hooks", post(receive)).with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let router = Router::new()
+            .route("/hooks", post(receive))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
         let addr = listener.local_addr().expect("a bound address");
         tokio::spawn(async move { axum::serve(listener, router).await });
         Self { addr, shared }
@@ -90,5 +94,10 @@ async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: String)
         content_type: header("content-type"),
         body,
     });
-    shared.plan.lock().unwrap().pop_front().unwrap_or(StatusCode::NO_CONTENT)
+    shared
+        .plan
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or(StatusCode::NO_CONTENT)
 }

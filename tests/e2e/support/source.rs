@@ -62,11 +62,20 @@ pub struct Source {
 impl Source {
     pub async fn start(files: impl IntoIterator<Item = (&'static str, SourceFile)>) -> Self {
         let files = Files {
-            files: Arc::new(files.into_iter().map(|(name, file)| (name.to_owned(), file)).collect()),
+            files: Arc::new(
+                files
+                    .into_iter()
+                    .map(|(name, file)| (name.to_owned(), file))
+                    .collect(),
+            ),
             hits: Arc::default(),
         };
-        let router = Router::new().route("/files/{name}", get(serve)).with_state(files.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let router = Router::new()
+            .route("/files/{name}", get(serve))
+            .with_state(files.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
         let addr = listener.local_addr().expect("a bound address");
         tokio::spawn(async move { axum::serve(listener, router).await });
         Self { addr, files }
@@ -79,7 +88,13 @@ impl Source {
 
     /// How many requests `name` received.
     pub fn hits(&self, name: &str) -> u32 {
-        self.files.hits.lock().unwrap().get(name).copied().unwrap_or(0)
+        self.files
+            .hits
+            .lock()
+            .unwrap()
+            .get(name)
+            .copied()
+            .unwrap_or(0)
     }
 }
 

@@ -32,10 +32,15 @@ impl Fetcher for HttpFetcher {
     async fn open(&self, request: &FetchRequest<'_>) -> Opened {
         let member = self.egress.pick();
         let object = match request.reference {
-            AttachmentRef::Http { url } => get(member.client(), url.clone(), request.max_bytes).await,
+            AttachmentRef::Http { url } => {
+                get(member.client(), url.clone(), request.max_bytes).await
+            }
             other => Err(FetchError::new(
                 ErrorCode::UnsupportedScheme,
-                format!("the HTTP fetcher cannot fetch a {} reference", other.provider()),
+                format!(
+                    "the HTTP fetcher cannot fetch a {} reference",
+                    other.provider()
+                ),
             )),
         };
         Opened {
@@ -45,7 +50,11 @@ impl Fetcher for HttpFetcher {
     }
 }
 
-async fn get(client: &reqwest::Client, url: url::Url, max_bytes: u64) -> Result<ObjectStream, FetchError> {
+async fn get(
+    client: &reqwest::Client,
+    url: url::Url,
+    max_bytes: u64,
+) -> Result<ObjectStream, FetchError> {
     let response = client.get(url).send().await.map_err(classify_error)?;
     if let Some(error) = classify_status(response.status()) {
         return Err(error);
@@ -64,7 +73,10 @@ async fn get(client: &reqwest::Client, url: url::Url, max_bytes: u64) -> Result<
         .and_then(|value| value.to_str().ok())
         .filter(|value| value.len() <= MAX_CONTENT_TYPE_LEN)
         .map(str::to_owned);
-    let body = response.bytes_stream().map(|chunk| chunk.map_err(classify_error)).boxed();
+    let body = response
+        .bytes_stream()
+        .map(|chunk| chunk.map_err(classify_error))
+        .boxed();
     Ok(ObjectStream { content_type, body })
 }
 
@@ -74,20 +86,35 @@ fn classify_status(status: StatusCode) -> Option<FetchError> {
         return None;
     }
     let (code, hint) = match status.as_u16() {
-        404 | 410 => (ErrorCode::NotFound, "check that the URL names an existing file"),
+        404 | 410 => (
+            ErrorCode::NotFound,
+            "check that the URL names an existing file",
+        ),
         401 | 403 => (
             ErrorCode::AccessDenied,
             "make the file public or give a pre-signed URL",
         ),
-        429 => (ErrorCode::Throttled, "the source is limiting its request rate"),
-        500..=599 => (ErrorCode::ServerError, "the source failed to serve the file"),
+        429 => (
+            ErrorCode::Throttled,
+            "the source is limiting its request rate",
+        ),
+        500..=599 => (
+            ErrorCode::ServerError,
+            "the source failed to serve the file",
+        ),
         300..=399 => (
             ErrorCode::RedirectRejected,
             "the redirect could not be followed; give the final URL",
         ),
-        _ => (ErrorCode::UnexpectedStatus, "the source refused the request"),
+        _ => (
+            ErrorCode::UnexpectedStatus,
+            "the source refused the request",
+        ),
     };
-    Some(FetchError::new(code, format!("the source answered HTTP {status}: {hint}")))
+    Some(FetchError::new(
+        code,
+        format!("the source answered HTTP {status}: {hint}"),
+    ))
 }
 
 /// Maps a transport error to its error code. The URL is stripped from the
@@ -133,7 +160,11 @@ mod tests {
         ];
         for (status, expected) in cases {
             let status = StatusCode::from_u16(status).unwrap();
-            assert_eq!(classify_status(status).map(|e| e.code), expected, "{status}");
+            assert_eq!(
+                classify_status(status).map(|e| e.code),
+                expected,
+                "{status}"
+            );
         }
     }
 }

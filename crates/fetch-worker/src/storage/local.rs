@@ -27,9 +27,9 @@ impl LocalDirStore {
     /// root is refused all the same.
     fn path_of(&self, key: &str) -> std::io::Result<PathBuf> {
         let safe = !key.is_empty()
-            && key
-                .split('/')
-                .all(|part| !part.is_empty() && part != "." && part != ".." && !part.starts_with('.'));
+            && key.split('/').all(|part| {
+                !part.is_empty() && part != "." && part != ".." && !part.starts_with('.')
+            });
         if !safe {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -46,7 +46,10 @@ impl AttachmentStore for LocalDirStore {
         let path = self.path_of(key)?;
         let parent = path.parent().expect("a joined key has a parent: the root");
         tokio::fs::create_dir_all(parent).await?;
-        let name = path.file_name().expect("a checked key ends with a name").to_string_lossy();
+        let name = path
+            .file_name()
+            .expect("a checked key ends with a name")
+            .to_string_lossy();
         let temporary = parent.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
         let file = File::create(&temporary).await?;
         Ok(Box::new(LocalUpload {
@@ -128,7 +131,11 @@ mod tests {
         let store = LocalDirStore::new(root.path().to_owned());
         let mut upload = store.begin("team/task/attachment").await.unwrap();
         upload.write(b"hello ").await.unwrap();
-        assert_eq!(files_under(root.path()).len(), 1, "only the temporary file exists");
+        assert_eq!(
+            files_under(root.path()).len(),
+            1,
+            "only the temporary file exists"
+        );
         assert!(!root.path().join("team/task/attachment").exists());
         upload.write(b"world").await.unwrap();
         upload.commit().await.unwrap();
@@ -151,7 +158,15 @@ mod tests {
     async fn keys_that_leave_the_root_are_refused() {
         let root = tempfile::tempdir().unwrap();
         let store = LocalDirStore::new(root.path().to_owned());
-        for key in ["", "../x", "a/../../x", "/etc/passwd", "a//b", ".hidden", "a/./b"] {
+        for key in [
+            "",
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a//b",
+            ".hidden",
+            "a/./b",
+        ] {
             let refused = store.begin(key).await.err().map(|e| e.kind());
             assert_eq!(refused, Some(std::io::ErrorKind::InvalidInput), "{key:?}");
         }

@@ -35,7 +35,11 @@ impl FromRequestParts<AppState> for Caller {
             .map(|(_, key)| key.trim())
             .filter(|key| !key.is_empty())
             .ok_or_else(|| unauthorized("the Authorization header must read `Bearer <api key>`"))?;
-        match state.store().team_by_api_key_hash(&hash_api_key(key)).await? {
+        match state
+            .store()
+            .team_by_api_key_hash(&hash_api_key(key))
+            .await?
+        {
             Some(team) => Ok(Caller(team)),
             None => Err(unauthorized(
                 "the API key is not valid: check it, or ask an operator for a new one",

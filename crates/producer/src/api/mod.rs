@@ -101,3 +101,100 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use attache_config::DatabaseArgs;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// The (method, path) pairs the OpenAPI document describes, in axum's
+    /// path syntax.
+    fn documented() -> BTreeSet<(String, String)> {
+        let document: serde_json::Value =
+            serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        let mut operations = BTreeSet::new();
+        for (path, item) in document["paths"]
+            .as_object()
+            .expect("the document has paths")
+        {
+            for method in item.as_object().expect("a path item is an object").keys() {
+                operations.insert((method.clone(), path.clone()));
+            }
+        }
+        operations
+    }
+
+    fn router_without_database() -> Router {
+        // The pool connects lazily; these requests never reach the database.
+        let store = Store::connect(&DatabaseArgs {
+            database_url: "postgres://nobody@127.0.0.1:1/none".to_owned(),
+            database_pool_size: 1,
+            database_wait_timeout: std::time::Duration::from_millis(10),
+        })
+        .expect("a lazy pool");
+        router(AppState::new(store, Limits::default()))
+    }
+
+    #[test]
+    fn openapi_documents_exactly_the_routes_served() {
+        let served: BTreeSet<(String, String)> = paths::ALL
+            .iter()
+            .map(|(method, path)| (method.to_string(), path.to_string()))
+            .collect();
+        assert_eq!(documented(), served);
+    }
+
+    /// Sends a request and returns the status and the error code, if the
+    /// answer is an API error.
+    async fn send(method: &str, uri: &str) -> (StatusCode, Option<String>) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        let response = router_without_database().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let code = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|value| value["error"]["code"].as_str().map(str::to_owned));
+        (status, code)
+    }
+
+    #[tokio::test]
+    async fn every_documented_operation_reaches_a_handler() {
+        for (method, path) in documented() {
+            let uri = path.replace("{task_id}", "01a241bb-2764-761a-b971-95457ae854b8");
+            let (status, code) = send(&method.to_uppercase(), &uri).await;
+            let unrouted = matches!(
+                code.as_deref(),
+                Some("route_not_found" | "method_not_allowed")
+            );
+            assert!(!unrouted, "{method} {uri} answered {status} {code:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_answer_json_errors() {
+        let (status, code) = send("GET", "/v2/tasks").await;
+        assert_eq!(
+            (status, code.as_deref()),
+            (StatusCode::NOT_FOUND, Some("route_not_found"))
+        );
+        let (status, code) = send("DELETE", paths::TASKS).await;
+        assert_eq!(
+            (status, code.as_deref()),
+            (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+        );
+    }
+}

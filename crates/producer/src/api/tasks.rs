@@ -42,7 +42,9 @@ pub async fn create(
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request_too_large",
-                format!("the request body is over {max} bytes: send fewer attachments or less metadata"),
+                format!(
+                    "the request body is over {max} bytes: send fewer attachments or less metadata"
+                ),
             ),
             status => ApiError::new(status, "invalid_request", rejection.body_text()),
         }
@@ -112,7 +114,9 @@ async fn replay(
         .store()
         .task_view(team_id, task_id)
         .await?
-        .ok_or_else(|| ApiError::internal(format!("task {task_id} vanished after its key matched")))?;
+        .ok_or_else(|| {
+            ApiError::internal(format!("task {task_id} vanished after its key matched"))
+        })?;
     let accepted = Accepted {
         task_id,
         status: view.status,

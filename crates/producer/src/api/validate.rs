@@ -49,7 +49,9 @@ pub fn task_request(body: &[u8], limits: &Limits) -> Result<TaskRequest, ApiErro
         return Err(ApiError::field(
             "unknown_field",
             unknown.clone(),
-            format!("`{unknown}` is not a task field: the fields are callback_url, attachments and metadata"),
+            format!(
+                "`{unknown}` is not a task field: the fields are callback_url, attachments and metadata"
+            ),
         ));
     }
 
@@ -75,7 +77,9 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
         ApiError::field(
             "invalid_idempotency_key",
             "Idempotency-Key",
-            format!("the Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters, such as a UUID"),
+            format!(
+                "the Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters, such as a UUID"
+            ),
         )
     };
     let key = value.to_str().map_err(|_| invalid())?;
@@ -101,11 +105,15 @@ fn callback_url(value: Option<&Value>) -> Result<String, ApiError> {
         ApiError::field(
             "invalid_callback_url",
             field,
-            format!("callback_url {why}: give an absolute http or https URL such as https://example.com/hooks/attache"),
+            format!(
+                "callback_url {why}: give an absolute http or https URL such as https://example.com/hooks/attache"
+            ),
         )
     };
     if text.len() > MAX_CALLBACK_URL_LEN {
-        return Err(invalid(&format!("is longer than {MAX_CALLBACK_URL_LEN} bytes")));
+        return Err(invalid(&format!(
+            "is longer than {MAX_CALLBACK_URL_LEN} bytes"
+        )));
     }
     let url = url::Url::parse(text).map_err(|error| invalid(&format!("is not a URL ({error})")))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -122,7 +130,10 @@ fn callback_url(value: Option<&Value>) -> Result<String, ApiError> {
     Ok(url.to_string())
 }
 
-fn attachments(value: Option<&Value>, limits: &Limits) -> Result<Vec<(String, Provider)>, ApiError> {
+fn attachments(
+    value: Option<&Value>,
+    limits: &Limits,
+) -> Result<Vec<(String, Provider)>, ApiError> {
     let field = "attachments";
     let Some(Value::Array(items)) = value else {
         return Err(ApiError::field(
@@ -202,7 +213,9 @@ fn metadata(value: Option<&Value>, limits: &Limits) -> Result<Value, ApiError> {
     match value {
         None | Some(Value::Null) => Ok(Value::Object(Map::new())),
         Some(object @ Value::Object(_)) => {
-            let size = serde_json::to_vec(object).expect("a parsed JSON value serialises").len();
+            let size = serde_json::to_vec(object)
+                .expect("a parsed JSON value serialises")
+                .len();
             let max = limits.max_metadata_bytes;
             if size > max {
                 return Err(ApiError::new(

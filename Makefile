@@ -1,0 +1,40 @@
+# Attaché: common tasks. `make help` lists them.
+
+CARGO ?= cargo
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: demo
+demo: ## Install what is missing, run the whole pipeline on the examples, print the outcome
+	scripts/demo.sh
+
+.PHONY: services
+services: ## Install and start PostgreSQL and RabbitMQ on loopback if they are not running
+	scripts/ensure-services.sh
+
+.PHONY: python-env
+python-env: ## Create .venv with the Python packages the tests and demo use
+	scripts/python-env.sh
+
+.PHONY: build
+build: ## Build the three binaries
+	$(CARGO) build --bins
+
+.PHONY: test
+test: python-env ## Run every test (needs PostgreSQL and RabbitMQ: make services)
+	$(CARGO) test --workspace
+
+.PHONY: check
+check: ## Formatting, clippy with warnings denied, and docs
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
+
+.PHONY: clean
+clean: ## Remove build output and demo state
+	$(CARGO) clean
+	rm -rf .run
