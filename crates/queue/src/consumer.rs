@@ -172,6 +172,7 @@ async fn drain(
     {
         tracing::warn!(%error, "cannot cancel the consumer");
     }
+    while in_flight.try_join_next().is_some() {}
     let pending = in_flight.len();
     tracing::info!(pending, "waiting for in-flight jobs");
     let waited = tokio::time::timeout(deadline, async {

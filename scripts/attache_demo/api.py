@@ -1,0 +1,73 @@
+"""A small client for the producer's HTTP API and the binaries' admin endpoints.
+
+It uses only the standard library. Requests never go through a proxy from the
+environment, because every address the demo talks to is on 127.0.0.1.
+"""
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from . import DemoError
+
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def request_json(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+) -> tuple[int, Any]:
+    """Send one request and return the status with the parsed JSON body (or the raw text)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, raw = error.code, error.read()
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        return status, json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return status, text
+
+
+def answers_ok(url: str) -> bool:
+    """Tell whether a GET of url returns status 200. A refused connection counts as no."""
+    try:
+        status, _ = request_json("GET", url, timeout=2)
+    except (urllib.error.URLError, OSError):
+        return False
+    return status == 200
+
+
+class ApiClient:
+    """Calls POST /v1/tasks and GET /v1/tasks/{id} with one team's API key."""
+
+    def __init__(self, base_url: str, api_key: str) -> None:
+        self.base_url = base_url
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+
+    def submit_task(self, request: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        """Submit a task and return the 202 response body."""
+        headers = {**self.headers, "Idempotency-Key": idempotency_key}
+        status, body = request_json("POST", f"{self.base_url}/v1/tasks", request, headers)
+        if status != 202 or not isinstance(body, dict) or "task_id" not in body:
+            raise DemoError(
+                f"POST /v1/tasks returned {status}, expected 202 with a task_id: {body!r}"
+            )
+        return body
+
+    def get_task(self, task_id: str) -> dict[str, Any]:
+        status, body = request_json(
+            "GET", f"{self.base_url}/v1/tasks/{task_id}", headers=self.headers
+        )
+        if status != 200 or not isinstance(body, dict):
+            raise DemoError(f"GET /v1/tasks/{task_id} returned {status}, expected 200: {body!r}")
+        return body

@@ -1,0 +1,270 @@
+"""Run Attaché end to end on this machine and check every example task.
+
+The demo serves examples/files over HTTP, starts the producer API and both
+workers against the attache_demo database and queue prefix, submits each
+examples/tasks/*.json, waits for its signed callback, and compares the result
+with the example's expectation. It exits 0 only when every example matched.
+Logs, callbacks and stored attachments stay in .run/demo for inspection.
+
+`make demo` runs scripts/demo.sh, which starts the services, builds the
+binaries and recreates the database before it runs this file with .venv's
+Python. Every server here listens on 127.0.0.1 on a port picked at run time.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from attache_demo import DemoError
+from attache_demo.api import ApiClient
+from attache_demo.examples import (
+    Example,
+    ExampleError,
+    LocalFiles,
+    fill_placeholders,
+    load_examples,
+)
+from attache_demo.results import Submission, evaluate, print_table
+from attache_demo.servers import CallbackReceiver, FileServer
+from attache_demo.services import Services, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+RUN_DIR = REPO / ".run" / "demo"
+DATABASE_URL = "postgres://postgres@127.0.0.1:5432/attache_demo"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2f"
+QUEUE_PREFIX = "attache_demo"
+# The binaries are expected to be ready within a few seconds. The rest is
+# margin for a loaded 2-core CI machine.
+READY_TIMEOUT_SECONDS = 60
+
+
+def say(message: str) -> None:
+    print(f"demo: {message}", flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=float(os.environ.get("ATTACHE_DEMO_TIMEOUT", 120)),
+        help="seconds to wait for all callbacks after the last submission"
+        " (default: $ATTACHE_DEMO_TIMEOUT or 120)",
+    )
+    parser.add_argument(
+        "--tasks-dir",
+        type=Path,
+        default=REPO / "examples" / "tasks",
+        help="directory of example task files (default: examples/tasks)",
+    )
+    parser.add_argument(
+        "--files-dir",
+        type=Path,
+        default=REPO / "examples" / "files",
+        help="directory served as {{FILES_URL}} (default: examples/files)",
+    )
+    parser.add_argument(
+        "--target-dir",
+        type=Path,
+        default=REPO / "target" / "debug",
+        help="directory of the built binaries (default: target/debug)",
+    )
+    return parser.parse_args(argv)
+
+
+def binary_env() -> dict[str, str]:
+    """Return the environment shared by every binary the demo runs."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("ATTACHE_ADMIN_ADDR", "ATTACHE_API_ADDR")
+    }
+    env.update(
+        ATTACHE_DATABASE_URL=DATABASE_URL,
+        ATTACHE_AMQP_URL=os.environ.get("ATTACHE_AMQP_URL", DEFAULT_AMQP_URL),
+        ATTACHE_QUEUE_PREFIX=QUEUE_PREFIX,
+        ATTACHE_STORE_DIR=str(RUN_DIR / "attachments"),
+        ATTACHE_LOG_FORMAT=os.environ.get("ATTACHE_LOG_FORMAT", "text"),
+        RUST_LOG=os.environ.get("RUST_LOG", "info"),
+        # Text logs go to files, so leave out the terminal color codes.
+        NO_COLOR="1",
+        # NOTE: no binary reads this yet. The planned egress guard will reject
+        # loopback destinations, such as the demo's two servers, unless allowed.
+        ATTACHE_EGRESS_ALLOW_CIDRS="127.0.0.0/8",
+    )
+    return env
+
+
+def create_team(services: Services) -> dict[str, str]:
+    output = services.run(
+        "team-create", "attache-producer", "team", "create", "--name", "demo", "--json"
+    )
+    lines = [line for line in output.splitlines() if line.strip()]
+    try:
+        team = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError) as error:
+        # The output is not shown because it may contain the API key.
+        raise DemoError(
+            f"`attache-producer team create --json` printed no JSON line: {error}"
+        ) from error
+    missing = [key for key in ("team_id", "api_key", "signing_secret") if key not in team]
+    if missing:
+        raise DemoError(f"`attache-producer team create --json` output lacks {', '.join(missing)}")
+    return team
+
+
+def start_binaries(services: Services) -> str:
+    """Start the API and both workers, and return the API's base URL."""
+    api_addr = f"127.0.0.1:{free_port()}"
+    services.start(
+        "producer",
+        "attache-producer",
+        "serve",
+        env={"ATTACHE_API_ADDR": api_addr, "ATTACHE_ADMIN_ADDR": f"127.0.0.1:{free_port()}"},
+    )
+    services.start(
+        "fetch-worker",
+        "attache-fetch-worker",
+        env={"ATTACHE_ADMIN_ADDR": f"127.0.0.1:{free_port()}"},
+    )
+    services.start(
+        "callback-worker",
+        "attache-callback-worker",
+        env={"ATTACHE_ADMIN_ADDR": f"127.0.0.1:{free_port()}"},
+    )
+    return f"http://{api_addr}"
+
+
+def submit_all(
+    client: ApiClient, examples: list[Example], files_url: str, callbacks_url: str
+) -> list[Submission]:
+    submissions = []
+    for example in examples:
+        request = fill_placeholders(
+            example.request,
+            {"FILES_URL": files_url, "CALLBACK_URL": f"{callbacks_url}/{example.name}"},
+        )
+        accepted = client.submit_task(request, idempotency_key=f"demo-{example.name}")
+        if len(accepted.get("attachments", [])) != len(request["attachments"]):
+            raise DemoError(
+                f"{example.path.name}: the 202 response lists a different number of attachments"
+            )
+        submissions.append(Submission(example, request, accepted["task_id"]))
+        say(f"submitted {example.path.name} as task {accepted['task_id']}")
+    return submissions
+
+
+def wait_for_callbacks(
+    receiver: CallbackReceiver,
+    services: Services,
+    submissions: list[Submission],
+    timeout: float,
+    first_submitted_at: float,
+) -> None:
+    """Wait until every submission has a callback, a binary exits, or timeout seconds pass."""
+    say(f"waiting up to {timeout:.0f} s for {len(submissions)} callbacks")
+    started = time.monotonic()
+    while True:
+        pending = [s for s in submissions if not receiver.received_for(s.example.name)]
+        if not pending:
+            elapsed = time.monotonic() - first_submitted_at
+            say(f"all callbacks arrived {elapsed:.1f} s after the first submission")
+            return
+        if exited := services.exited():
+            raise DemoError("; ".join(exited))
+        if time.monotonic() - started > timeout:
+            say(f"timed out with no callback for {', '.join(s.example.path.name for s in pending)}")
+            return
+        receiver.wait_for_change(0.5)
+
+
+def reset_run_dir() -> None:
+    shutil.rmtree(RUN_DIR, ignore_errors=True)
+    (RUN_DIR / "attachments").mkdir(parents=True)
+
+
+def run_examples(
+    args: argparse.Namespace, examples: list[Example], services: Services
+) -> list[str]:
+    """Run every example and return the problems found, one line each."""
+    with ExitStack() as stack:
+        files_log = stack.enter_context(open(RUN_DIR / "file-server.log", "w", encoding="utf-8"))
+        file_server = FileServer(args.files_dir, files_log)
+        file_server.start()
+        stack.callback(file_server.stop)
+        files = LocalFiles(args.files_dir.resolve(), file_server.url)
+        say(f"serving {args.files_dir} at {file_server.url}")
+
+        services.run("migrate", "attache-producer", "migrate")
+        team = create_team(services)
+        say(f"created team {team['team_id']}")
+
+        receiver_log = stack.enter_context(
+            open(RUN_DIR / "callback-receiver.log", "w", encoding="utf-8")
+        )
+        receiver = CallbackReceiver(
+            team["signing_secret"], receiver_log, RUN_DIR / "callbacks.jsonl"
+        )
+        receiver.start()
+        stack.callback(receiver.stop)
+        say(f"receiving callbacks at {receiver.url}/callbacks/")
+
+        api_url = start_binaries(services)
+        services.wait_ready(READY_TIMEOUT_SECONDS)
+        say(f"producer API at {api_url} and both workers are ready")
+
+        client = ApiClient(api_url, team["api_key"])
+        first_submitted_at = time.monotonic()
+        submissions = submit_all(client, examples, files.url, f"{receiver.url}/callbacks")
+        wait_for_callbacks(receiver, services, submissions, args.timeout, first_submitted_at)
+        outcomes = [evaluate(s, receiver, client, files) for s in submissions]
+
+    print_table(outcomes, files)
+    return [
+        f"{o.submission.example.path.name}: {problem}" for o in outcomes for problem in o.problems
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM from scripts/demo.sh unwinds like Ctrl-C, so the binaries are stopped below.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        examples = load_examples(args.tasks_dir)
+    except ExampleError as error:
+        print(f"demo: error: {error}", file=sys.stderr)
+        return 1
+
+    reset_run_dir()
+    services = Services(args.target_dir, RUN_DIR, binary_env())
+    problems: list[str] = []
+    interrupted = False
+    try:
+        problems = run_examples(args, examples, services)
+    except DemoError as error:
+        problems = [str(error)]
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        for warning in services.stop_all():
+            say(f"warning: {warning}")
+
+    if interrupted:
+        say("interrupted, so the binaries were stopped")
+        return 130
+    if problems:
+        sys.stdout.flush()
+        print("demo: FAILED", *problems, sep="\n  ", file=sys.stderr)
+        print(f"\ndemo: last log lines (all logs are in {RUN_DIR}):", file=sys.stderr)
+        print(services.log_tails(), file=sys.stderr)
+        return 1
+    say(f"passed: all {len(examples)} examples matched their expectations")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
