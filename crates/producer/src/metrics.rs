@@ -2,7 +2,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{IntCounter, IntCounterVec, register_int_counter, register_int_counter_vec};
+use prometheus::{
+    Gauge, IntCounter, IntCounterVec, IntGauge, register_gauge, register_int_counter,
+    register_int_counter_vec, register_int_gauge,
+};
 
 /// Tasks accepted by the API (idempotent replays excluded).
 pub static TASKS_ACCEPTED: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -26,6 +29,24 @@ pub static JOBS_PUBLISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "attache_outbox_published_total",
         "Jobs published from the outbox and confirmed by RabbitMQ, by job kind.",
         &["kind"]
+    )
+    .expect("metric names are unique and valid")
+});
+
+/// Outbox rows due for publishing, sampled by the relay.
+pub static OUTBOX_BACKLOG: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "attache_outbox_backlog",
+        "Outbox rows due for publishing, as last sampled by the relay."
+    )
+    .expect("metric names are unique and valid")
+});
+
+/// How long the oldest due outbox row has waited.
+pub static OUTBOX_OLDEST_AGE: LazyLock<Gauge> = LazyLock::new(|| {
+    register_gauge!(
+        "attache_outbox_oldest_age_seconds",
+        "Seconds the oldest due outbox row has waited, as last sampled by the relay."
     )
     .expect("metric names are unique and valid")
 });

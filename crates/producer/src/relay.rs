@@ -17,7 +17,10 @@ use clap::Args;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::JOBS_PUBLISHED;
+use crate::metrics::{JOBS_PUBLISHED, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE};
+
+/// Least time between two samples of the outbox backlog, which counts rows.
+const BACKLOG_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Relay settings.
 #[derive(Args, Clone, Debug)]
@@ -88,9 +91,14 @@ async fn relay_rounds(
     wake: &Notify,
     shutdown: &CancellationToken,
 ) -> bool {
+    let mut next_sample = tokio::time::Instant::now();
     loop {
         if shutdown.is_cancelled() {
             return false;
+        }
+        if tokio::time::Instant::now() >= next_sample {
+            sample_backlog(store).await;
+            next_sample = tokio::time::Instant::now() + BACKLOG_SAMPLE_INTERVAL;
         }
         match relay_round(store, publisher, settings.relay_batch_size).await {
             Ok(published) if published as i64 == settings.relay_batch_size => continue,
@@ -147,6 +155,21 @@ async fn relay_round(
     }
     tracing::debug!(published = ids.len(), "published outbox batch");
     Ok(ids.len())
+}
+
+/// Updates the backlog gauges; a failure only leaves them stale.
+async fn sample_backlog(store: &Store) {
+    let sampled = async {
+        let connection = store.connection().await?;
+        outbox::backlog(&connection).await
+    };
+    match sampled.await {
+        Ok((due, age)) => {
+            OUTBOX_BACKLOG.set(due);
+            OUTBOX_OLDEST_AGE.set(age);
+        }
+        Err(error) => tracing::warn!(%error, "cannot sample the outbox backlog"),
+    }
 }
 
 /// Keeps a LISTEN connection open, reconnecting after losses.

@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::connect::connect;
+use crate::metrics::{CONSUMED, DEAD_LETTERED, IN_FLIGHT, REQUEUED};
 use crate::topology::{QueueKind, Topology};
 
 /// What to do with a delivery once its handler returned.
@@ -135,7 +136,7 @@ async fn consume(
         tokio::select! {
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
-                    in_flight.spawn(settle(delivery, handler.clone(), settings.requeue_delay));
+                    in_flight.spawn(settle(delivery, handler.clone(), settings.kind, settings.requeue_delay));
                 }
                 Some(Err(error)) => break Err(error.into()),
                 None => break Err(ConsumeError::Cancelled),
@@ -189,15 +190,32 @@ async fn drain(
 }
 
 /// Runs the handler and applies its disposition to the delivery.
-async fn settle(delivery: Delivery, handler: Arc<dyn Handler>, requeue_delay: Duration) {
-    let disposition = handler.handle(&delivery.data).await;
+async fn settle(
+    delivery: Delivery,
+    handler: Arc<dyn Handler>,
+    kind: QueueKind,
+    requeue_delay: Duration,
+) {
+    let queue = kind.as_str();
+    CONSUMED.with_label_values(&[queue]).inc();
+    let disposition = {
+        // The guard also counts down when shutdown aborts this task.
+        let _in_flight = InFlight::enter(queue);
+        handler.handle(&delivery.data).await
+    };
     let settled = match disposition {
         Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
         Disposition::Requeue => {
+            REQUEUED.with_label_values(&[queue]).inc();
             tokio::time::sleep(requeue_delay).await;
             delivery.reject(BasicRejectOptions { requeue: true }).await
         }
-        Disposition::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await,
+        Disposition::DeadLetter => {
+            DEAD_LETTERED
+                .with_label_values(&[queue, "undecodable"])
+                .inc();
+            delivery.reject(BasicRejectOptions { requeue: false }).await
+        }
     };
     // `Ok(false)` means the channel is gone: the broker will redeliver.
     match settled {
@@ -209,5 +227,21 @@ async fn settle(delivery: Delivery, handler: Arc<dyn Handler>, requeue_delay: Du
         Err(error) => {
             tracing::warn!(%error, ?disposition, "cannot settle a delivery; the job will be redelivered")
         }
+    }
+}
+
+/// Counts one delivery in `attache_jobs_in_flight` while it lives.
+struct InFlight(&'static str);
+
+impl InFlight {
+    fn enter(queue: &'static str) -> Self {
+        IN_FLIGHT.with_label_values(&[queue]).inc();
+        Self(queue)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.with_label_values(&[self.0]).dec();
     }
 }

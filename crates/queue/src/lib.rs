@@ -5,9 +5,14 @@
 //! holds the state. A worker's handler classifies each delivery into a
 //! [`Disposition`], and the consumer loop turns that into the matching AMQP
 //! call, after the handler has committed its outcome.
+//!
+//! Metrics: `attache_jobs_consumed_total`, `attache_jobs_in_flight`,
+//! `attache_jobs_requeued_total` and `attache_jobs_dead_lettered_total`, each
+//! labelled with the job kind.
 
 mod connect;
 mod consumer;
+mod metrics;
 mod publisher;
 mod topology;
 

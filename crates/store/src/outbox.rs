@@ -59,8 +59,8 @@ pub async fn delete(tx: &Transaction<'_>, ids: &[i64]) -> Result<()> {
 }
 
 /// Returns the number of rows due now and the age in seconds of the oldest.
-pub async fn backlog(tx: &impl deadpool_postgres::GenericClient) -> Result<(i64, f64)> {
-    let row = tx
+pub async fn backlog(client: &impl deadpool_postgres::GenericClient) -> Result<(i64, f64)> {
+    let row = client
         .query_one(
             "SELECT count(*) AS due,
                     COALESCE(EXTRACT(EPOCH FROM now() - min(available_at))::float8, 0) AS age
