@@ -90,11 +90,12 @@ def binary_env() -> dict[str, str]:
         ATTACHE_STORE_DIR=str(RUN_DIR / "attachments"),
         ATTACHE_LOG_FORMAT=os.environ.get("ATTACHE_LOG_FORMAT", "text"),
         RUST_LOG=os.environ.get("RUST_LOG", "info"),
-        # Text logs go to files, so leave out the terminal color codes.
-        NO_COLOR="1",
-        # NOTE: no binary reads this yet. The planned egress guard will reject
-        # loopback destinations, such as the demo's two servers, unless allowed.
+        # The destination guard rejects loopback destinations, such as the
+        # demo's two servers, unless allowed.
         ATTACHE_EGRESS_ALLOW_CIDRS="127.0.0.0/8",
+        # A pool of two static source addresses, which loopback provides
+        # without set-up; the file server and receiver see only these.
+        ATTACHE_EGRESS_MEMBERS="local:127.0.0.11,local:127.0.0.12",
     )
     return env
 

@@ -5,12 +5,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use attache_domain::{CallbackJob, JobMessage, RetryPolicy};
-use attache_egress::Egress;
+use attache_egress::{Egress, SendError};
 use attache_queue::{Disposition, Handler};
 use attache_store::callbacks::{Delivery, DeliveryAttempt, DeliveryResult};
 use attache_store::{Store, StoreError};
-use reqwest::header::CONTENT_TYPE;
+use bytes::Bytes;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use tracing::Instrument;
+use url::Url;
 
 use crate::metrics::{ATTEMPT_SECONDS, ATTEMPTS};
 use crate::signing::SigningKey;
@@ -27,8 +29,10 @@ struct Sent {
     status_code: Option<u16>,
     /// `None` when the customer answered 2xx.
     error: Option<String>,
-    gone: bool,
-    egress_member: String,
+    /// No later attempt can succeed: 410 Gone, or a destination the guard
+    /// denies.
+    final_error: bool,
+    egress_member: Option<String>,
 }
 
 #[async_trait]
@@ -100,7 +104,7 @@ impl CallbackHandler {
                 attempt: job.attempt,
                 status_code: sent.status_code,
                 duration,
-                egress_member: Some(sent.egress_member),
+                egress_member: sent.egress_member,
                 result,
             })
             .await?;
@@ -109,51 +113,53 @@ impl CallbackHandler {
 
     /// Signs and POSTs the callback once.
     async fn send(&self, delivery: &Delivery) -> Sent {
-        let member = self.egress.pick();
-        let egress_member = member.name().to_owned();
+        let failed = |member: Option<String>, error: String, final_error: bool| Sent {
+            status_code: None,
+            error: Some(error),
+            final_error,
+            egress_member: member,
+        };
         let key = match SigningKey::from_secret(&delivery.signing_secret) {
             Ok(key) => key,
             Err(error) => {
                 tracing::error!(%error, team_id = %delivery.team_id, "cannot sign the callback");
-                return Sent {
-                    status_code: None,
-                    error: Some(error.to_string()),
-                    gone: false,
-                    egress_member,
-                };
+                return failed(None, error.to_string(), false);
             }
+        };
+        let Ok(url) = Url::parse(&delivery.url) else {
+            return failed(None, "the callback URL is not a valid URL".to_owned(), true);
         };
         let webhook_id = delivery.callback_id.webhook_id();
         let timestamp = chrono::Utc::now().timestamp();
         let signature = key.sign(&webhook_id, timestamp, delivery.payload.as_bytes());
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert("webhook-id", header_value(&webhook_id));
+        headers.insert("webhook-timestamp", header_value(&timestamp.to_string()));
+        headers.insert("webhook-signature", header_value(&signature));
 
-        let response = member
-            .client()
-            .post(&delivery.url)
-            .header(CONTENT_TYPE, "application/json")
-            .header("webhook-id", &webhook_id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(delivery.payload.clone())
-            .send()
+        let sent = self
+            .egress
+            .post(url, headers, Bytes::from(delivery.payload.clone()))
             .await;
-        match response {
+        match sent.result {
             Ok(response) => {
                 let status = response.status();
                 Sent {
                     status_code: Some(status.as_u16()),
                     error: (!status.is_success())
                         .then(|| format!("the endpoint answered HTTP {status}")),
-                    gone: status == reqwest::StatusCode::GONE,
-                    egress_member,
+                    final_error: status == reqwest::StatusCode::GONE,
+                    egress_member: sent.member,
                 }
             }
-            Err(error) => Sent {
-                status_code: None,
-                error: Some(transport_error(error)),
-                gone: false,
-                egress_member,
-            },
+            Err(SendError::Forbidden(denied)) => failed(
+                sent.member,
+                format!("destination_forbidden: {denied}"),
+                true,
+            ),
+            Err(SendError::Http(error)) => failed(sent.member, transport_error(error), false),
+            Err(error) => failed(sent.member, error.to_string(), false),
         }
     }
 
@@ -161,10 +167,15 @@ impl CallbackHandler {
         let Some(error) = &sent.error else {
             return DeliveryResult::Delivered;
         };
-        if sent.gone {
+        if sent.status_code == Some(410) {
             return DeliveryResult::Dead {
                 error: "the endpoint answered 410 Gone, which stops delivery of this callback"
                     .to_owned(),
+            };
+        }
+        if sent.final_error {
+            return DeliveryResult::Dead {
+                error: error.clone(),
             };
         }
         let age = (chrono::Utc::now() - delivery.created_at)
@@ -196,4 +207,9 @@ fn transport_error(error: reqwest::Error) -> String {
         Some(cause) => format!("the request {kind}: {error}: {cause}"),
         None => format!("the request {kind}: {error}"),
     }
+}
+
+/// Builds a header value from text that is ASCII by construction.
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).expect("webhook ids, timestamps and base64 signatures are ASCII")
 }

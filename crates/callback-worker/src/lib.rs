@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use attache_config::{BrokerArgs, DatabaseArgs, parse_duration};
 use attache_domain::RetryPolicy;
-use attache_egress::{Egress, EgressSettings};
+use attache_egress::{Egress, EgressArgs, EgressSettings};
 use attache_queue::{ConsumerSettings, QueueKind, Topology};
 use attache_store::Store;
 use attache_telemetry::Readiness;
@@ -38,6 +38,8 @@ pub struct CallbackWorkerConfig {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub egress: EgressArgs,
 
     /// Address of the admin server (/healthz, /readyz, /metrics).
     #[arg(long, env = "ATTACHE_ADMIN_ADDR", default_value = "127.0.0.1:9082")]
@@ -128,15 +130,19 @@ impl CallbackWorker {
         readiness.check("database").store(true, Ordering::Relaxed);
         let broker_ready = readiness.check("broker");
 
-        let egress = Egress::direct(&EgressSettings {
-            connect_timeout: config.callback_connect_timeout,
-            read_timeout: config.callback_timeout,
-            total_timeout: config.callback_timeout,
-            // A redirect could send the signed result somewhere the
-            // customer did not register.
-            max_redirects: 0,
-            user_agent: concat!("attache-callback-worker/", env!("CARGO_PKG_VERSION")).to_owned(),
-        })?;
+        let egress = Egress::new(
+            &config.egress,
+            &EgressSettings {
+                connect_timeout: config.callback_connect_timeout,
+                read_timeout: config.callback_timeout,
+                total_timeout: config.callback_timeout,
+                // A redirect could send the signed result somewhere the
+                // customer did not register.
+                max_redirects: 0,
+                user_agent: concat!("attache-callback-worker/", env!("CARGO_PKG_VERSION"))
+                    .to_owned(),
+            },
+        )?;
         let handler = CallbackHandler {
             store,
             egress,

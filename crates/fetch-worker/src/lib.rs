@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use attache_config::{BrokerArgs, DatabaseArgs, parse_duration};
 use attache_domain::RetryPolicy;
-use attache_egress::{Egress, EgressSettings};
+use attache_egress::{Egress, EgressArgs, EgressSettings};
 use attache_queue::{ConsumerSettings, QueueKind, Topology};
 use attache_store::Store;
 use attache_telemetry::Readiness;
@@ -45,6 +45,8 @@ pub struct FetchWorkerConfig {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub egress: EgressArgs,
 
     /// Address of the admin server (/healthz, /readyz, /metrics).
     #[arg(long, env = "ATTACHE_ADMIN_ADDR", default_value = "127.0.0.1:9081")]
@@ -150,13 +152,16 @@ impl FetchWorker {
         readiness.check("database").store(true, Ordering::Relaxed);
         let broker_ready = readiness.check("broker");
 
-        let egress = Egress::direct(&EgressSettings {
-            connect_timeout: config.fetch_connect_timeout,
-            read_timeout: config.fetch_read_timeout,
-            total_timeout: config.fetch_total_timeout,
-            max_redirects: config.fetch_max_redirects,
-            user_agent: concat!("attache-fetch-worker/", env!("CARGO_PKG_VERSION")).to_owned(),
-        })?;
+        let egress = Egress::new(
+            &config.egress,
+            &EgressSettings {
+                connect_timeout: config.fetch_connect_timeout,
+                read_timeout: config.fetch_read_timeout,
+                total_timeout: config.fetch_total_timeout,
+                max_redirects: config.fetch_max_redirects,
+                user_agent: concat!("attache-fetch-worker/", env!("CARGO_PKG_VERSION")).to_owned(),
+            },
+        )?;
         let handler = FetchHandler {
             store,
             fetchers: Fetchers::new(egress),

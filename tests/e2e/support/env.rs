@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use attache_callback_worker::{CallbackWorker, CallbackWorkerConfig};
 use attache_config::{BrokerArgs, DatabaseArgs};
+use attache_egress::EgressArgs;
+use attache_egress::member::MemberSpec;
 use attache_fetch_worker::{FetchWorker, FetchWorkerConfig};
 use attache_producer::api::Limits;
 use attache_producer::keys::TeamCredentials;
@@ -28,6 +30,8 @@ pub struct Options {
     pub fetch_max_attempts: u32,
     pub callback_max_attempts: u32,
     pub limits: Limits,
+    /// Egress pool members of both workers; none means direct connections.
+    pub egress_members: Vec<MemberSpec>,
 }
 
 impl Default for Options {
@@ -36,6 +40,7 @@ impl Default for Options {
             max_attachment_bytes: 64 * 1024,
             fetch_max_attempts: 3,
             callback_max_attempts: 3,
+            egress_members: Vec::new(),
             limits: Limits {
                 max_attachments_per_task: 10,
                 max_metadata_bytes: 1024,
@@ -106,6 +111,15 @@ impl Deployment {
             queue_delivery_limit: 5,
         };
         let loopback: SocketAddr = "127.0.0.1:0".parse().expect("a valid address");
+        // Every source and receiver of the tests listens on loopback, which
+        // the destination guard denies unless allowed.
+        let egress = EgressArgs {
+            egress_allow_direct: options.egress_members.is_empty(),
+            egress_members: options.egress_members.clone(),
+            egress_allow_cidrs: vec!["127.0.0.0/8".parse().expect("a valid range")],
+            egress_failure_threshold: 3,
+            egress_skip_for: Duration::from_secs(5),
+        };
         let store_dir = tempfile::tempdir().expect("a temporary directory");
         let shutdown = CancellationToken::new();
 
@@ -127,6 +141,7 @@ impl Deployment {
         let fetch_worker = FetchWorker::bind(FetchWorkerConfig {
             database: database.clone(),
             broker: broker.clone(),
+            egress: egress.clone(),
             admin_addr: loopback,
             fetch_concurrency: 8,
             store_dir: store_dir.path().to_owned(),
@@ -145,6 +160,7 @@ impl Deployment {
         let callback_worker = CallbackWorker::bind(CallbackWorkerConfig {
             database: database.clone(),
             broker: broker.clone(),
+            egress,
             admin_addr: loopback,
             callback_concurrency: 8,
             callback_connect_timeout: Duration::from_secs(2),

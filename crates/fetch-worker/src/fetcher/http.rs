@@ -2,11 +2,12 @@
 //!
 //! Automatic decompression is off (the reqwest features that provide it are
 //! not enabled), so the stored bytes and their sha256 are exactly what the
-//! source sent. Status codes map to error codes in [`classify_status`].
+//! source sent. The egress follows redirects and vets every hop. Status
+//! codes map to error codes in [`classify_status`].
 
 use async_trait::async_trait;
 use attache_domain::{AttachmentRef, ErrorCode};
-use attache_egress::Egress;
+use attache_egress::{Egress, SendError};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -30,32 +31,33 @@ impl HttpFetcher {
 #[async_trait]
 impl Fetcher for HttpFetcher {
     async fn open(&self, request: &FetchRequest<'_>) -> Opened {
-        let member = self.egress.pick();
-        let object = match request.reference {
-            AttachmentRef::Http { url } => {
-                get(member.client(), url.clone(), request.max_bytes).await
-            }
-            other => Err(FetchError::new(
+        let AttachmentRef::Http { url } = request.reference else {
+            let error = FetchError::new(
                 ErrorCode::UnsupportedScheme,
                 format!(
                     "the HTTP fetcher cannot fetch a {} reference",
-                    other.provider()
+                    request.reference.provider()
                 ),
-            )),
+            );
+            return Opened {
+                egress_member: None,
+                object: Err(error),
+            };
+        };
+        let sent = self.egress.get(url.clone()).await;
+        let object = match sent.result {
+            Ok(response) => open_body(response, request.max_bytes),
+            Err(error) => Err(classify_send_error(error)),
         };
         Opened {
-            egress_member: Some(member.name().to_owned()),
+            egress_member: sent.member,
             object,
         }
     }
 }
 
-async fn get(
-    client: &reqwest::Client,
-    url: url::Url,
-    max_bytes: u64,
-) -> Result<ObjectStream, FetchError> {
-    let response = client.get(url).send().await.map_err(classify_error)?;
+/// Checks a response's status and announced size and returns its body.
+fn open_body(response: reqwest::Response, max_bytes: u64) -> Result<ObjectStream, FetchError> {
     if let Some(error) = classify_status(response.status()) {
         return Err(error);
     }
@@ -78,6 +80,18 @@ async fn get(
         .map(|chunk| chunk.map_err(classify_error))
         .boxed();
     Ok(ObjectStream { content_type, body })
+}
+
+/// Maps an egress failure to its error code.
+fn classify_send_error(error: SendError) -> FetchError {
+    match error {
+        SendError::Forbidden(denied) => {
+            FetchError::new(ErrorCode::DestinationForbidden, denied.to_string())
+        }
+        SendError::Unavailable => FetchError::new(ErrorCode::EgressUnavailable, error.to_string()),
+        SendError::Redirect(message) => FetchError::new(ErrorCode::RedirectRejected, message),
+        SendError::Http(error) => classify_error(error),
+    }
 }
 
 /// Maps a non-success status to its error; `None` for 2xx.
@@ -104,7 +118,7 @@ fn classify_status(status: StatusCode) -> Option<FetchError> {
         ),
         300..=399 => (
             ErrorCode::RedirectRejected,
-            "the redirect could not be followed; give the final URL",
+            "the redirect has no Location to follow; give the final URL",
         ),
         _ => (
             ErrorCode::UnexpectedStatus,
