@@ -10,6 +10,7 @@
 
 mod api;
 mod delivery;
+mod egress;
 mod pipeline;
 mod queues;
 mod support;
