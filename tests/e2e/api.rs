@@ -1,5 +1,5 @@
-//! The task API's contract: validation errors per field, authentication,
-//! team isolation and idempotency.
+//! Tests of the task API's contract: validation errors per field,
+//! authentication, team isolation and idempotency.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -11,7 +11,7 @@ fn task(attachments: Value) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn invalid_requests_are_rejected_naming_the_field() {
+async fn invalid_request_error_names_field() {
     let deployment = Deployment::start(Options::default()).await;
     let eleven: Vec<Value> = (0..11)
         .map(|i| json!({"uri": format!("http://127.0.0.1:9/{i}")}))
@@ -37,16 +37,20 @@ async fn invalid_requests_are_rejected_naming_the_field() {
         (format!("{{\"callback_url\": \"{}\"}}", "x".repeat(70 * 1024)), StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", None),
     ];
     for (body, status, code, field) in cases {
-        let shown = body.chars().take(120).collect::<String>();
+        let body_start = body.chars().take(120).collect::<String>();
         let (actual_status, error) = deployment
             .submit_raw(Some(&deployment.team.api_key), body, None)
             .await;
-        assert_eq!(actual_status, status, "{shown}: {error}");
-        assert_eq!(error["error"]["code"], code, "{shown}: {error}");
-        assert_eq!(error["error"]["field"].as_str(), field, "{shown}: {error}");
+        assert_eq!(actual_status, status, "{body_start}: {error}");
+        assert_eq!(error["error"]["code"], code, "{body_start}: {error}");
+        assert_eq!(
+            error["error"]["field"].as_str(),
+            field,
+            "{body_start}: {error}"
+        );
         assert!(
             error["error"]["message"].as_str().unwrap().len() > 20,
-            "{shown}: {error}"
+            "{body_start}: {error}"
         );
     }
 
@@ -62,7 +66,7 @@ async fn invalid_requests_are_rejected_naming_the_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn requests_without_a_valid_api_key_are_unauthorized() {
+async fn missing_or_invalid_api_key_returns_401() {
     let deployment = Deployment::start(Options::default()).await;
     let body = task(json!([{"uri": "http://127.0.0.1:9/a"}])).to_string();
     for key in [None, Some("att_not-a-real-key"), Some("")] {
@@ -96,13 +100,14 @@ async fn another_teams_task_is_not_found() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn resubmitting_with_an_idempotency_key_returns_the_original_task() {
+async fn idempotency_key_replays_original_task() {
     let deployment = Deployment::start(Options::default()).await;
     let body = task(json!([{"uri": "http://127.0.0.1:9/a"}, {"uri": "http://127.0.0.1:9/b"}]));
 
     let (first_status, first) = deployment.submit(&body, Some("order-42")).await;
     assert_eq!(first_status, StatusCode::ACCEPTED);
-    // The same body with its keys in another order is the same request.
+    // The same body with its keys in another order counts as the same
+    // request.
     let reordered: Value = serde_json::from_str(&format!(
         "{{\"attachments\": {}, \"callback_url\": \"http://127.0.0.1:9/hooks\"}}",
         body["attachments"]

@@ -1,5 +1,6 @@
-//! Callback delivery: signatures a real Standard Webhooks client accepts,
-//! retries that keep the webhook id, and 410 Gone.
+//! Tests of callback delivery: signatures that a real Standard Webhooks
+//! client accepts, retries that keep the webhook id, 410 Gone and
+//! redirects.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,9 +14,10 @@ use crate::support::{
     Deployment, Options, ReceivedCallback, Receiver, Source, SourceFile, eventually,
 };
 
-/// Verifies a received callback with the Python `standardwebhooks` package
-/// (installed into `.venv` by scripts/python-env.sh). Returns the payload it
-/// parsed, or the library's error.
+/// Verifies a received callback with the Python `standardwebhooks` package,
+/// which scripts/python-env.sh installs into `.venv`. `ATTACHE_TEST_PYTHON`
+/// overrides the interpreter. Returns the payload the library parsed, or its
+/// error message.
 pub fn verify_with_standardwebhooks(
     secret: &str,
     callback: &ReceivedCallback,
@@ -57,7 +59,7 @@ pub fn verify_with_standardwebhooks(
         Some(0) => Ok(serde_json::from_str(&stdout).expect("the verifier prints the payload")),
         Some(1) => Err(stdout),
         _ => panic!(
-            "the verifier failed to run: {}",
+            "the Python verifier failed to run: {}",
             String::from_utf8_lossy(&output.stderr)
         ),
     }
@@ -92,7 +94,7 @@ async fn standardwebhooks_rejects_a_tampered_callback() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn callback_retries_after_503_with_the_same_webhook_id() {
+async fn callback_retry_keeps_webhook_id() {
     let deployment = Deployment::start(Options::default()).await;
     let source = Source::start([("a.txt", SourceFile::new("a", "text/plain"))]).await;
     let receiver = Receiver::start([
@@ -146,7 +148,7 @@ async fn callback_retries_after_503_with_the_same_webhook_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn callback_answered_410_is_dead_at_once() {
+async fn callback_410_is_dead_without_retry() {
     let deployment = Deployment::start(Options::default()).await;
     let source = Source::start([("a.txt", SourceFile::new("a", "text/plain"))]).await;
     let receiver = Receiver::start([StatusCode::GONE]).await;

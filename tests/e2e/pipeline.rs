@@ -1,5 +1,5 @@
-//! A task's whole path: submission, fetches, the stored objects, the task's
-//! final state and its one signed callback.
+//! Tests of a task's whole path: submission, fetches, the stored objects,
+//! the task's final state and its one signed callback.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use crate::delivery::verify_with_standardwebhooks;
 use crate::support::{Deployment, Options, Receiver, Source, SourceFile, sha256_hex};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn task_with_mixed_attachments_completes_with_one_signed_callback() {
+async fn mixed_task_sends_one_signed_callback() {
     let deployment = Deployment::start(Options::default()).await;
     let report = "quarterly figures\n".repeat(100);
     let image: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
@@ -126,7 +126,7 @@ async fn task_with_mixed_attachments_completes_with_one_signed_callback() {
     let verified = verify_with_standardwebhooks(&deployment.team.signing_secret, callback);
     assert_eq!(verified, Ok(payload.clone()));
 
-    // The API shows the same outcome, and the store holds the bytes.
+    // The API returns the same outcome, and the store contains the bytes.
     let task = deployment.finished_task(&task_id).await;
     assert_eq!(task["status"], "partially_failed");
     assert_eq!(task["attachments"], payload["data"]["attachments"]);
@@ -145,16 +145,16 @@ async fn task_with_mixed_attachments_completes_with_one_signed_callback() {
     .expect("the first attachment is in the store");
     assert_eq!(stored_report, report.as_bytes());
 
-    // Exactly one callback: nothing else arrives.
+    // Exactly one callback arrives, and nothing after it.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(receiver.received().len(), 1);
-    // A missing file is final at once: one request, no retries.
+    // A missing file fails at once, after one request and no retries.
     assert_eq!(source.hits("missing.pdf"), 1);
     deployment.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn server_errors_are_retried_until_the_fetch_succeeds() {
+async fn fetch_retries_server_errors_until_success() {
     let deployment = Deployment::start(Options::default()).await;
     let source = Source::start([(
         "flaky.txt",
@@ -186,7 +186,7 @@ async fn server_errors_are_retried_until_the_fetch_succeeds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn retryable_failures_stop_after_the_last_attempt() {
+async fn fetch_retries_stop_at_max_attempts() {
     let deployment = Deployment::start(Options::default()).await;
     let source = Source::start([(
         "down.txt",

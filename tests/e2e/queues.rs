@@ -1,5 +1,5 @@
-//! What reaches the queues besides good jobs: undecodable messages and
-//! duplicates.
+//! Tests of messages other than valid new jobs: undecodable messages,
+//! duplicate jobs and jobs for unknown attachments.
 
 use std::time::Duration;
 
@@ -13,10 +13,10 @@ use crate::support::{Deployment, Options, Receiver, Source, SourceFile, eventual
 async fn publish(deployment: &Deployment, kind: QueueKind, body: Vec<u8>) {
     let connection = lapin::Connection::connect(&deployment.amqp_url, Default::default())
         .await
-        .expect("RabbitMQ answers");
+        .expect("RabbitMQ accepts a connection");
     let publisher = Publisher::open(&connection, deployment.topology.clone())
         .await
-        .expect("a publishing channel");
+        .expect("a publishing channel opens");
     publisher
         .publish_batch(&[(kind, body)])
         .await

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-/// Where PostgreSQL is and how many connections to hold.
+/// PostgreSQL connection and pool settings.
 #[derive(Args, Clone, Debug)]
 pub struct DatabaseArgs {
     /// PostgreSQL connection URL.
@@ -19,16 +19,16 @@ pub struct DatabaseArgs {
     )]
     pub database_url: String,
 
-    /// Connections in this process's pool.
+    /// Maximum number of connections in this process's pool.
     #[arg(long, env = "ATTACHE_DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: usize,
 
-    /// How long a query waits for a free pooled connection before failing.
+    /// Maximum time a query waits for a free pooled connection before it fails.
     #[arg(long, env = "ATTACHE_DATABASE_WAIT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub database_wait_timeout: Duration,
 }
 
-/// Where RabbitMQ is and which queues to use.
+/// RabbitMQ connection and queue settings.
 #[derive(Args, Clone, Debug)]
 pub struct BrokerArgs {
     /// RabbitMQ connection URL.
@@ -44,14 +44,14 @@ pub struct BrokerArgs {
     #[arg(long, env = "ATTACHE_QUEUE_PREFIX", default_value = "attache")]
     pub queue_prefix: String,
 
-    /// Deliveries of one message before RabbitMQ dead-letters it. Counts
-    /// redeliveries after crashes, so a message that kills its worker
-    /// cannot loop forever.
+    /// Maximum redeliveries of one message, after which RabbitMQ
+    /// dead-letters it. Redeliveries after crashes count too, so a message
+    /// that kills its worker cannot loop forever.
     #[arg(long, env = "ATTACHE_QUEUE_DELIVERY_LIMIT", default_value_t = 20)]
     pub queue_delivery_limit: u32,
 }
 
-/// How logs are written.
+/// Logging settings.
 #[derive(Args, Clone, Debug)]
 pub struct LogArgs {
     /// Log output format. Filter with `RUST_LOG`, for example `info` or
@@ -95,7 +95,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse_with_each_unit() {
+    fn parse_duration_accepts_each_unit() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
@@ -103,7 +103,7 @@ mod tests {
     }
 
     #[test]
-    fn durations_without_a_known_unit_are_rejected() {
+    fn parse_duration_rejects_malformed_input() {
         assert!(parse_duration("30").unwrap_err().contains("no unit"));
         assert!(parse_duration("3d").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("s").unwrap_err().contains("whole number"));

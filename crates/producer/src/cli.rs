@@ -34,7 +34,7 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum TeamCommand {
     /// Create a team and print its API key and callback signing secret.
-    /// They are shown once: only a hash of the key is stored.
+    /// They are printed only once, and only a hash of the key is stored.
     Create(CreateTeam),
 }
 
@@ -50,13 +50,13 @@ pub struct CreateTeam {
     pub database: DatabaseArgs,
 }
 
-/// Applies migrations.
+/// Applies pending database migrations.
 pub async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
     Store::connect(database)?.migrate().await?;
     Ok(())
 }
 
-/// Runs a team subcommand.
+/// Runs a `team` subcommand.
 pub async fn team(command: TeamCommand) -> anyhow::Result<()> {
     let TeamCommand::Create(create) = command;
     let name = create.name.trim();

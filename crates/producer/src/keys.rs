@@ -1,9 +1,9 @@
 //! API keys and callback signing secrets.
 //!
-//! An API key is `att_` followed by 32 random bytes in URL-safe base64; only
-//! its SHA-256 is stored, and requests are matched by that hash. A signing
-//! secret is `whsec_` followed by 32 random bytes in standard base64, the
-//! form Standard Webhooks libraries accept.
+//! An API key is `att_` followed by 32 random bytes in unpadded URL-safe
+//! base64. Only its SHA-256 is stored, and requests are matched by that hash.
+//! A signing secret is `whsec_` followed by 32 random bytes in standard
+//! base64, the form that Standard Webhooks libraries accept.
 
 use attache_domain::TeamId;
 use attache_store::teams::NewTeam;
@@ -13,10 +13,11 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 const API_KEY_PREFIX: &str = "att_";
-/// Characters of the key kept in clear, so operators can tell keys apart.
+/// Number of leading key characters stored in clear as `api_key_prefix`, so
+/// operators can tell keys apart.
 const SHOWN_PREFIX_LEN: usize = 12;
 
-/// A new team's id, API key and signing secret, shown once.
+/// A new team's id, API key and signing secret, which the CLI prints once.
 pub struct TeamCredentials {
     pub team_id: TeamId,
     pub api_key: String,
@@ -37,7 +38,7 @@ impl TeamCredentials {
         }
     }
 
-    /// The row to insert for a team called `name`.
+    /// Returns the row to insert for a team named `name`.
     pub fn new_team<'a>(&'a self, name: &'a str) -> NewTeam<'a> {
         NewTeam {
             id: self.team_id,
@@ -65,7 +66,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_have_their_documented_forms() {
+    fn generated_credentials_match_documented_format() {
         let credentials = TeamCredentials::generate();
         assert!(credentials.api_key.starts_with("att_"));
         assert_eq!(credentials.api_key.len(), 4 + 43);
@@ -75,7 +76,7 @@ mod tests {
     }
 
     #[test]
-    fn each_generation_is_distinct() {
+    fn generate_returns_distinct_credentials() {
         let first = TeamCredentials::generate();
         let second = TeamCredentials::generate();
         assert_ne!(first.api_key, second.api_key);

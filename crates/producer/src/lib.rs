@@ -1,10 +1,10 @@
 //! Attaché's producer: the HTTP API the task pipeline submits tasks to, and
 //! the outbox relay that publishes the jobs those tasks queue.
 //!
-//! A task is accepted in one PostgreSQL transaction (task, attachments,
-//! outbox rows) before the API answers 202. The relay, running in the same
-//! process, publishes outbox rows to RabbitMQ with confirms and deletes them
-//! once confirmed. See [`api`] and [`relay`].
+//! The API writes a task, its attachments and their outbox rows in one
+//! PostgreSQL transaction before it responds with 202. The relay runs in the
+//! same process, publishes outbox rows to RabbitMQ and deletes them once the
+//! broker confirms them. See [`api`] and [`relay`].
 
 pub mod api;
 pub mod cli;
@@ -13,7 +13,6 @@ mod metrics;
 pub mod relay;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use attache_config::{BrokerArgs, DatabaseArgs};
 use attache_queue::Topology;
@@ -67,22 +66,23 @@ impl Producer {
         })
     }
 
-    /// The address the API listens on.
+    /// Returns the address the task API listens on.
     pub fn api_addr(&self) -> SocketAddr {
         self.api
             .local_addr()
             .expect("a bound listener has an address")
     }
 
-    /// The address the admin server listens on.
+    /// Returns the address the admin server listens on.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
             .local_addr()
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` fires: the API stops accepting, in-flight
-    /// requests finish, and the relay stops after its current batch.
+    /// Serves until `shutdown` fires. Then the API stops accepting
+    /// connections, in-flight requests finish, and the relay stops after its
+    /// current batch.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             config,
@@ -125,6 +125,3 @@ impl Producer {
         Ok(())
     }
 }
-
-/// How long the relay waits for a notification before polling anyway.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);

@@ -42,7 +42,7 @@ pub static OUTBOX_BACKLOG: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric names are unique and valid")
 });
 
-/// How long the oldest due outbox row has waited.
+/// Time in seconds that the oldest due outbox row has waited.
 pub static OUTBOX_OLDEST_AGE: LazyLock<Gauge> = LazyLock::new(|| {
     register_gauge!(
         "attache_outbox_oldest_age_seconds",

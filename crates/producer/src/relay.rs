@@ -2,10 +2,11 @@
 //!
 //! Each round claims up to a batch of due rows with `SKIP LOCKED` in one
 //! transaction, publishes them, waits for every confirm, deletes them and
-//! commits. A full batch starts the next round at once; otherwise the relay
-//! sleeps until a notification from the outbox trigger or the poll interval,
-//! whichever comes first, so a lost notification only delays a job, and a
-//! retry scheduled for later is published when it comes due.
+//! commits. A full batch starts the next round at once. Otherwise the relay
+//! sleeps until the outbox trigger notifies it or the poll interval passes,
+//! whichever comes first. Polling means that a lost notification only
+//! delays a job, and that a retry scheduled for later is published soon
+//! after it comes due.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{JOBS_PUBLISHED, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE};
 
-/// Least time between two samples of the outbox backlog, which counts rows.
+/// Minimum time between two samples of the outbox backlog, because each
+/// sample counts the due rows.
 const BACKLOG_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Relay settings.
@@ -29,7 +31,7 @@ pub struct RelaySettings {
     #[arg(long, env = "ATTACHE_RELAY_BATCH_SIZE", default_value_t = 200)]
     pub relay_batch_size: i64,
 
-    /// Longest wait between outbox polls when no notification arrives.
+    /// Maximum wait between outbox polls when no notification arrives.
     #[arg(long, env = "ATTACHE_RELAY_POLL_INTERVAL", default_value = "1s", value_parser = attache_config::parse_duration)]
     pub relay_poll_interval: Duration,
 }
@@ -65,7 +67,7 @@ pub async fn run(
         let publisher = match Publisher::open(&connection, topology.clone()).await {
             Ok(publisher) => publisher,
             Err(error) => {
-                tracing::warn!(%error, "cannot open a publishing channel; reconnecting");
+                tracing::warn!(%error, "failed to open a publishing channel, reconnecting");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -82,8 +84,9 @@ pub async fn run(
     tracing::info!("outbox relay stopped");
 }
 
-/// Runs rounds until shutdown (returns `false`) or a broker failure
-/// (returns `true`, so the caller reconnects).
+/// Runs relay rounds until shutdown or a publishing failure. Returns `true`
+/// after a publishing failure, so the caller reconnects, and `false` after
+/// shutdown.
 async fn relay_rounds(
     store: &Store,
     publisher: &Publisher,
@@ -104,11 +107,11 @@ async fn relay_rounds(
             Ok(published) if published as i64 == settings.relay_batch_size => continue,
             Ok(_) => {}
             Err(RoundError::Publish(error)) => {
-                tracing::warn!(%error, "publishing failed; the batch stays in the outbox");
+                tracing::warn!(%error, "publishing failed, the batch stays in the outbox");
                 return true;
             }
             Err(RoundError::Store(error)) => {
-                tracing::warn!(%error, "outbox query failed; retrying");
+                tracing::warn!(%error, "outbox query failed, retrying");
             }
         }
         tokio::select! {
@@ -119,7 +122,8 @@ async fn relay_rounds(
     }
 }
 
-/// Claims, publishes and deletes one batch; returns how many rows it moved.
+/// Claims, publishes and deletes one batch of due rows. Returns the number
+/// of rows published.
 async fn relay_round(
     store: &Store,
     publisher: &Publisher,
@@ -139,7 +143,7 @@ async fn relay_round(
             tracing::error!(
                 outbox_id = row.id,
                 kind = row.kind,
-                "outbox row of unknown kind left in place"
+                "outbox row has an unknown kind, leaving it in place"
             );
             continue;
         };
@@ -157,7 +161,7 @@ async fn relay_round(
     Ok(ids.len())
 }
 
-/// Updates the backlog gauges; a failure only leaves them stale.
+/// Updates the backlog gauges. A failure is logged and leaves them stale.
 async fn sample_backlog(store: &Store) {
     let sampled = async {
         let connection = store.connection().await?;
@@ -168,7 +172,7 @@ async fn sample_backlog(store: &Store) {
             OUTBOX_BACKLOG.set(due);
             OUTBOX_OLDEST_AGE.set(age);
         }
-        Err(error) => tracing::warn!(%error, "cannot sample the outbox backlog"),
+        Err(error) => tracing::warn!(%error, "failed to sample the outbox backlog"),
     }
 }
 
@@ -178,7 +182,7 @@ async fn listen(database_url: String, wake: Arc<Notify>, shutdown: CancellationT
         tokio::select! {
             result = outbox::listen(&database_url, wake.clone()) => {
                 if let Err(error) = result {
-                    tracing::warn!(%error, "outbox notifications lost; polling until reconnected");
+                    tracing::warn!(%error, "outbox notifications lost, polling until reconnected");
                 }
             }
             () = shutdown.cancelled() => return,

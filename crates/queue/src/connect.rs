@@ -1,4 +1,4 @@
-//! Connecting to RabbitMQ, retrying with back-off until it answers.
+//! Connecting to RabbitMQ, with retries and back-off.
 
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ pub async fn connect(url: &str, name: &str, shutdown: &CancellationToken) -> Opt
                 .with_jitter(),
         )
         .notify(|error, delay| {
-            tracing::warn!(%error, retry_in = ?delay, "cannot connect to RabbitMQ");
+            tracing::warn!(%error, retry_in = ?delay, "failed to connect to RabbitMQ, retrying");
         });
     tokio::select! {
         connection = retrying => connection.ok(),

@@ -1,10 +1,11 @@
 //! The consumer loop every worker runs.
 //!
-//! One connection and one channel per worker process, with prefetch equal to
-//! the worker's concurrency; each delivery runs in its own task, so up to
-//! `prefetch` jobs are in flight. The loop reconnects after any connection or
-//! channel loss: unacknowledged deliveries are redelivered by the broker, and
-//! handlers are idempotent, so nothing is lost or done twice in effect.
+//! Each worker process uses one connection and one channel, with prefetch
+//! equal to the worker's concurrency. Each delivery runs in its own task, so
+//! up to `prefetch` jobs are in flight. The loop reconnects after any
+//! connection or channel loss. The broker redelivers unacknowledged
+//! deliveries, and handlers are idempotent, so no job is lost and none takes
+//! effect twice.
 //!
 //! On shutdown the consumer is cancelled first, so no new delivery arrives,
 //! then in-flight jobs get until the deadline to finish and acknowledge.
@@ -28,50 +29,52 @@ use crate::connect::connect;
 use crate::metrics::{CONSUMED, DEAD_LETTERED, IN_FLIGHT, REQUEUED};
 use crate::topology::{QueueKind, Topology};
 
-/// What to do with a delivery once its handler returned.
+/// The action the consumer loop takes on a delivery once its handler returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disposition {
-    /// The outcome is committed (or the job was stale): acknowledge.
+    /// Acknowledge, because the outcome is committed or the job was stale.
     Ack,
-    /// The job could not run because of our own infrastructure (database
-    /// unreachable): return it to the queue. `basic.reject` with requeue is
-    /// the call the quorum queue's delivery limit counts, so a message that
-    /// keeps failing ends in the dead-letter queue instead of looping.
+    /// Return the message to its queue, because our own infrastructure
+    /// failed (for example, the database is unreachable). The quorum queue's
+    /// delivery limit counts each `basic.reject` with requeue, so a message
+    /// that keeps failing ends in the dead-letter queue instead of looping.
     Requeue,
-    /// The message can never be processed (undecodable): reject without
-    /// requeue, which routes it to the dead-letter queue.
+    /// Reject without requeue, which routes the message to the dead-letter
+    /// queue, because it can never be processed (for example, it cannot be
+    /// decoded).
     DeadLetter,
 }
 
-/// Handles one delivery's body.
+/// A worker's job logic, called once per delivery with the message body.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, body: &[u8]) -> Disposition;
 }
 
-/// How a worker consumes.
+/// Consumer settings of one worker.
 #[derive(Clone, Debug)]
 pub struct ConsumerSettings {
     pub amqp_url: String,
-    /// Shown in the broker's connection list.
+    /// Connection name shown in the broker's connection list.
     pub connection_name: String,
     pub topology: Topology,
     pub kind: QueueKind,
-    /// Deliveries in flight at once.
+    /// Maximum number of unacknowledged deliveries (`basic.qos` prefetch),
+    /// and so of jobs in flight at once.
     pub prefetch: u16,
-    /// How long in-flight jobs may run after shutdown starts.
+    /// Maximum time in-flight jobs may run after shutdown starts.
     pub shutdown_deadline: Duration,
     /// Pause before requeueing, so an outage of our own database does not
     /// spend a message's delivery limit in a tight loop.
     pub requeue_delay: Duration,
 }
 
-/// Why a consumer stopped before shutdown.
+/// The reason a consumer stopped before shutdown.
 #[derive(Debug, thiserror::Error)]
 enum ConsumeError {
     #[error(transparent)]
     Amqp(#[from] lapin::Error),
-    #[error("the broker cancelled the consumer (queue deleted?)")]
+    #[error("the broker cancelled the consumer, for example because its queue was deleted")]
     Cancelled,
 }
 
@@ -96,7 +99,7 @@ pub async fn run_consumer(
         match outcome {
             Ok(()) => break,
             Err(error) => {
-                tracing::warn!(%error, queue, "lost the RabbitMQ consumer; reconnecting");
+                tracing::warn!(%error, queue, "lost the RabbitMQ consumer, reconnecting");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
@@ -104,8 +107,8 @@ pub async fn run_consumer(
     tracing::info!(queue, "consumer stopped");
 }
 
-/// Consumes on one connection. Returns `Ok` after a clean shutdown and the
-/// error after a loss.
+/// Consumes on one connection. Returns `Ok` after a clean shutdown and an
+/// error when the channel, connection or consumer is lost.
 async fn consume(
     settings: &ConsumerSettings,
     connection: &Connection,
@@ -159,8 +162,8 @@ async fn consume(
 }
 
 /// Stops new deliveries and waits for in-flight jobs until the deadline.
-/// Jobs still running after it are abandoned unacknowledged; the broker
-/// redelivers them to another worker.
+/// Jobs still running then are aborted unacknowledged, and the broker
+/// redelivers them once the channel closes.
 async fn drain(
     channel: &Channel,
     tag: lapin::types::ShortString,
@@ -171,7 +174,7 @@ async fn drain(
         .basic_cancel(tag, BasicCancelOptions::default())
         .await
     {
-        tracing::warn!(%error, "cannot cancel the consumer");
+        tracing::warn!(%error, "failed to cancel the consumer");
     }
     while in_flight.try_join_next().is_some() {}
     let pending = in_flight.len();
@@ -183,7 +186,7 @@ async fn drain(
     if waited.is_err() {
         tracing::warn!(
             abandoned = in_flight.len(),
-            "shutdown deadline passed; jobs will be redelivered"
+            "shutdown deadline passed, aborting jobs for redelivery"
         );
         in_flight.abort_all();
     }
@@ -217,20 +220,20 @@ async fn settle(
             delivery.reject(BasicRejectOptions { requeue: false }).await
         }
     };
-    // `Ok(false)` means the channel is gone: the broker will redeliver.
+    // `Ok(false)` means the channel is gone, so the broker will redeliver.
     match settled {
         Ok(true) => {}
         Ok(false) => tracing::warn!(
             ?disposition,
-            "channel closed before settling; the job will be redelivered"
+            "channel closed before settling, so the job will be redelivered"
         ),
         Err(error) => {
-            tracing::warn!(%error, ?disposition, "cannot settle a delivery; the job will be redelivered")
+            tracing::warn!(%error, ?disposition, "failed to settle a delivery, so the job will be redelivered")
         }
     }
 }
 
-/// Counts one delivery in `attache_jobs_in_flight` while it lives.
+/// Guard that counts one delivery in `attache_jobs_in_flight` until dropped.
 struct InFlight(&'static str);
 
 impl InFlight {

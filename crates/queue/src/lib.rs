@@ -1,10 +1,10 @@
 //! RabbitMQ for Attaché: the queue topology, a publisher that waits for the
 //! broker's confirms, and the consumer loop every worker runs.
 //!
-//! Messages carry ids only (see `attache_domain::JobMessage`); PostgreSQL
-//! holds the state. A worker's handler classifies each delivery into a
-//! [`Disposition`], and the consumer loop turns that into the matching AMQP
-//! call, after the handler has committed its outcome.
+//! Messages carry ids only (see `attache_domain::JobMessage`), and the state
+//! lives in PostgreSQL. A worker's handler commits its outcome and returns a
+//! [`Disposition`] for the delivery, which the consumer loop turns into the
+//! matching AMQP call.
 //!
 //! Metrics: `attache_jobs_consumed_total`, `attache_jobs_in_flight`,
 //! `attache_jobs_requeued_total` and `attache_jobs_dead_lettered_total`, each

@@ -14,7 +14,7 @@ pub static CONSUMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric names are unique and valid")
 });
 
-/// Deliveries being handled now.
+/// Deliveries whose handler is running.
 pub static IN_FLIGHT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "attache_jobs_in_flight",
@@ -24,7 +24,8 @@ pub static IN_FLIGHT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric names are unique and valid")
 });
 
-/// Deliveries returned to their queue because our own database failed.
+/// Deliveries returned to their queue because our own infrastructure, such
+/// as the database, failed.
 pub static REQUEUED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "attache_jobs_requeued_total",

@@ -6,12 +6,12 @@ use thiserror::Error;
 
 use crate::topology::{QueueKind, Topology};
 
-/// Why a batch was not confirmed. The caller publishes it again.
+/// The reason a batch was not confirmed. The caller publishes it again.
 #[derive(Debug, Error)]
 pub enum PublishError {
     #[error("RabbitMQ connection failed: {0}")]
     Amqp(#[from] lapin::Error),
-    #[error("RabbitMQ refused a message (nack)")]
+    #[error("RabbitMQ rejected a message (nack)")]
     Nacked,
     #[error("RabbitMQ returned a message as unroutable: is queue `{0}` declared?")]
     Unroutable(String),
@@ -49,8 +49,8 @@ impl Publisher {
                 .basic_publish(
                     "".into(),
                     queue.as_str().into(),
-                    // Mandatory: a message for a missing queue comes back
-                    // instead of vanishing.
+                    // Mandatory, so a message for a missing queue is returned
+                    // to the publisher instead of being dropped.
                     BasicPublishOptions {
                         mandatory: true,
                         ..BasicPublishOptions::default()

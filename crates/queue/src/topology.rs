@@ -1,10 +1,10 @@
 //! Queue and exchange names, and their idempotent declaration.
 //!
-//! For each job kind there is a durable quorum work queue, published to
-//! through the default exchange with the queue name as routing key. A
-//! message rejected without requeue, or delivered more often than the
-//! delivery limit, goes to the dead-letter exchange and from there to the
-//! kind's dead-letter queue, keeping its original routing key.
+//! Each job kind has a durable quorum work queue. Jobs are published to it
+//! through the default exchange, with the queue name as routing key. A
+//! message that is rejected without requeue, or that exceeds the delivery
+//! limit, goes to the dead-letter exchange. That exchange routes it by its
+//! original routing key to the kind's dead-letter queue.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -20,7 +20,7 @@ pub enum QueueKind {
 impl QueueKind {
     pub const ALL: [QueueKind; 2] = [QueueKind::Fetch, QueueKind::Callback];
 
-    /// The kind's name, as stored in the outbox.
+    /// Returns the kind's name, as stored in the outbox `kind` column.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Fetch => "fetch",
@@ -28,13 +28,13 @@ impl QueueKind {
         }
     }
 
-    /// Parses an outbox kind.
+    /// Parses an outbox `kind` value, returning `None` for an unknown kind.
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.as_str() == text)
     }
 }
 
-/// The names of one deployment's queues.
+/// Queue and exchange names of one deployment, and its delivery limit.
 #[derive(Clone, Debug)]
 pub struct Topology {
     prefix: String,
@@ -42,8 +42,8 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// `prefix` starts every name; `delivery_limit` bounds how often one
-    /// message is delivered before it is dead-lettered.
+    /// Creates the topology. `prefix` starts every name, and `delivery_limit`
+    /// becomes the work queues' `x-delivery-limit`.
     pub fn new(prefix: impl Into<String>, delivery_limit: u32) -> Self {
         Self {
             prefix: prefix.into(),
@@ -51,23 +51,26 @@ impl Topology {
         }
     }
 
-    /// The work queue of `kind`, for example `attache.fetch`.
+    /// Returns the work queue name of `kind`, for example `attache.fetch`.
     pub fn work_queue(&self, kind: QueueKind) -> String {
         format!("{}.{}", self.prefix, kind.as_str())
     }
 
-    /// The dead-letter queue of `kind`, for example `attache.fetch.dead`.
+    /// Returns the dead-letter queue name of `kind`, for example
+    /// `attache.fetch.dead`.
     pub fn dead_letter_queue(&self, kind: QueueKind) -> String {
         format!("{}.{}.dead", self.prefix, kind.as_str())
     }
 
-    /// The dead-letter exchange shared by every work queue.
+    /// Returns the name of the dead-letter exchange that every work queue
+    /// shares, for example `attache.dlx`.
     pub fn dead_letter_exchange(&self) -> String {
         format!("{}.dlx", self.prefix)
     }
 
-    /// Declares every exchange, queue and binding. Safe to run from every
-    /// replica at every start; arguments must match existing queues.
+    /// Declares every exchange, queue and binding. Declaring is idempotent,
+    /// so every replica runs it at every start. RabbitMQ closes the channel
+    /// if a queue already exists with different arguments.
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
         let durable = QueueDeclareOptions {
             durable: true,
@@ -108,7 +111,7 @@ impl Topology {
                 AMQPValue::LongString(exchange.as_str().into()),
             );
             // RabbitMQ allows limit + 1 deliveries, then dead-letters with
-            // reason `delivery_limit`; restarts and timeouts count too.
+            // reason `delivery_limit`. Restarts and timeouts count too.
             arguments.insert(
                 "x-delivery-limit".into(),
                 AMQPValue::LongUInt(self.delivery_limit),
@@ -137,7 +140,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_carry_the_prefix() {
+    fn topology_names_start_with_prefix() {
         let topology = Topology::new("t1", 5);
         assert_eq!(topology.work_queue(QueueKind::Fetch), "t1.fetch");
         assert_eq!(
@@ -148,7 +151,7 @@ mod tests {
     }
 
     #[test]
-    fn outbox_kinds_round_trip() {
+    fn queue_kind_parse_round_trips() {
         for kind in QueueKind::ALL {
             assert_eq!(QueueKind::parse(kind.as_str()), Some(kind));
         }

@@ -1,4 +1,5 @@
-//! What a callback-worker reads and writes for one delivery attempt.
+//! Queries of the callback-worker: loading a callback and recording one
+//! delivery attempt.
 //!
 //! Every attempt is kept in `callback_attempts`. The callback row changes
 //! only if it is still pending at the attempt number the job carried, and a
@@ -31,7 +32,7 @@ pub struct Delivery {
 /// The outcome of one delivery attempt.
 #[derive(Clone, Debug)]
 pub enum DeliveryResult {
-    /// The customer answered 2xx.
+    /// The customer's endpoint responded with 2xx.
     Delivered,
     /// The attempt failed and another one is scheduled after `delay`.
     Retry { error: String, delay: Duration },
@@ -81,8 +82,9 @@ impl Store {
         }))
     }
 
-    /// Records one delivery attempt; returns `false` when the callback had
-    /// moved on and nothing changed.
+    /// Records one delivery attempt, and schedules the next one on
+    /// [`DeliveryResult::Retry`]. Returns `false`, and changes nothing, when
+    /// the callback is no longer pending at this attempt number.
     pub async fn record_delivery(&self, attempt: &DeliveryAttempt) -> Result<bool> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;

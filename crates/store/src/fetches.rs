@@ -1,9 +1,10 @@
-//! What a fetch-worker reads and writes for one attempt.
+//! Queries of the fetch-worker: loading an attachment and recording one
+//! fetch attempt.
 //!
-//! Recording an attempt is one transaction: the attachment row changes only
-//! if it is still pending at the attempt number the job carried (so a stale
-//! duplicate changes nothing), a retry is scheduled as an outbox row with a
-//! future `available_at`, and the last attachment of a task to reach a final
+//! Recording an attempt is one transaction. The attachment row changes only
+//! if it is still pending at the attempt number the job carried, so a stale
+//! duplicate changes nothing. A retry is scheduled as an outbox row with a
+//! future `available_at`. The last attachment of a task to reach a final
 //! state also sets the task's status and writes its callback and callback job.
 
 use std::time::Duration;
@@ -19,7 +20,7 @@ use serde::Serialize;
 use crate::tasks::{AttachmentView, attachment_views};
 use crate::{Result, Store, parse_column};
 
-/// The state a fetch attempt starts from.
+/// An attachment to fetch, with its task, team and current state.
 #[derive(Clone, Debug)]
 pub struct FetchTarget {
     pub attachment_id: AttachmentId,
@@ -63,15 +64,16 @@ pub struct FetchAttempt {
     pub result: FetchResult,
 }
 
-/// What recording an attempt changed.
+/// The outcome of [`Store::record_fetch`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recorded {
-    /// The row had moved on (final, or a newer attempt ran): nothing changed.
+    /// Nothing changed, because the attachment is final or a newer attempt
+    /// was already recorded.
     Stale,
     /// The attempt is recorded and the task still has pending attachments,
     /// or a retry is scheduled.
     Attachment,
-    /// The attempt completed the task; its callback is queued.
+    /// The attempt completed the task, and its callback is queued.
     TaskCompleted(TaskStatus),
 }
 
@@ -93,7 +95,7 @@ struct CallbackData<'a> {
 }
 
 impl Store {
-    /// Loads the attachment a fetch job names; `None` if it does not exist.
+    /// Loads the attachment a fetch job names, or `None` if it does not exist.
     pub async fn fetch_target(&self, attachment_id: AttachmentId) -> Result<Option<FetchTarget>> {
         let client = self.pool.get().await?;
         let row = client
@@ -116,8 +118,9 @@ impl Store {
         }))
     }
 
-    /// Records one attempt and, when it completes the task, queues the
-    /// callback. See the module documentation for the guarantees.
+    /// Records one attempt, schedules the next one on [`FetchResult::Retry`],
+    /// and queues the callback when the attempt completes the task. See the
+    /// module documentation for the guarantees.
     pub async fn record_fetch(&self, attempt: &FetchAttempt) -> Result<Recorded> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -137,8 +140,8 @@ impl Store {
     }
 }
 
-/// Applies the attempt to the attachment row; returns its task, or `None`
-/// when the row is no longer at this attempt.
+/// Applies the attempt to the attachment row. Returns the attachment's task,
+/// or `None` when the row is no longer pending at this attempt number.
 async fn update_attachment(tx: &Transaction<'_>, attempt: &FetchAttempt) -> Result<Option<TaskId>> {
     let id = attempt.attachment_id.0;
     let expected = attempt.attempt as i32;
@@ -213,8 +216,9 @@ async fn schedule_retry(
 }
 
 /// Sets the task's final status and queues its callback once no attachment
-/// is pending. The task row lock serialises the last two attachments of a
-/// task finishing at once: the second to take it sees both outcomes.
+/// is pending. The task row lock serialises attachments of one task that
+/// finish at once, so the last transaction to take the lock reads every
+/// outcome and the task completes exactly once.
 async fn complete_task_if_done(
     tx: &Transaction<'_>,
     task_id: TaskId,
@@ -255,8 +259,8 @@ async fn complete_task_if_done(
             attachments: &attachments,
         },
     };
-    let body =
-        serde_json::to_string(&payload).expect("callback payload holds only serializable values");
+    let body = serde_json::to_string(&payload)
+        .expect("a callback payload contains only serializable values");
     let callback_id = CallbackId::new();
     let url: String = task.get("callback_url");
     tx.execute(

@@ -1,9 +1,9 @@
 //! The PostgreSQL store, Attaché's source of truth.
 //!
 //! [`Store`] wraps a connection pool. Every query lives in one of the topic
-//! modules below; callers never write SQL. Migrations run at every binary's
-//! start under a session advisory lock, so replicas starting together do not
-//! race each other.
+//! modules below, so callers never write SQL. Each binary runs the migrations
+//! at start under a session advisory lock, so replicas starting together do
+//! not race each other.
 //!
 //! - [`teams`]: teams and their hashed API keys.
 //! - [`tasks`]: accepting a task with its attachments and fetch jobs in one
@@ -34,8 +34,10 @@ mod embedded {
 /// Key of the session advisory lock held while migrating.
 const MIGRATION_LOCK_KEY: i64 = 0x6174_7461_6368_6501;
 
-/// A failure to reach PostgreSQL or to run a statement. Callers treat every
-/// store error as transient: the job is retried, nothing is marked failed.
+/// A failure to build the pool, migrate, reach PostgreSQL, run a statement
+/// or read a row. Callers treat every error from a query as transient:
+/// workers requeue the job without marking anything failed, and the API
+/// responds with 503.
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("no database connection: {0}")]
@@ -70,15 +72,16 @@ impl Store {
             config,
             NoTls,
             ManagerConfig {
-                // A cheap check on checkout; a dead connection is replaced.
+                // Checkout only checks that the connection is not closed,
+                // without a test query, and replaces a closed one.
                 recycling_method: RecyclingMethod::Fast,
             },
         );
         let pool = Pool::builder(manager)
             .max_size(args.database_pool_size)
             .runtime(Runtime::Tokio1)
-            // deadpool waits forever by default; a drained pool must fail a
-            // job so it is retried, not hang it.
+            // deadpool waits forever by default, but a job that finds the
+            // pool exhausted must fail and be retried rather than hang.
             .wait_timeout(Some(args.database_wait_timeout))
             .create_timeout(Some(Duration::from_secs(10)))
             .recycle_timeout(Some(Duration::from_secs(5)))
@@ -113,7 +116,7 @@ impl Store {
         Ok(())
     }
 
-    /// Runs a trivial query, for readiness checks.
+    /// Runs `SELECT 1` to check that the database responds.
     pub async fn ping(&self) -> Result<()> {
         let client = self.pool.get().await?;
         client.execute("SELECT 1", &[]).await?;
@@ -126,7 +129,7 @@ impl Store {
         Ok(self.pool.get().await?)
     }
 
-    /// Closes the pool; later queries fail.
+    /// Closes the pool, so later queries fail.
     pub fn close(&self) {
         self.pool.close();
     }

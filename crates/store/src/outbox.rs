@@ -3,9 +3,10 @@
 //! The relay claims due rows with `FOR UPDATE SKIP LOCKED` inside a
 //! transaction, publishes them, waits for the broker's confirms, deletes the
 //! rows and commits. Replicas skip each other's claimed rows, so under normal
-//! operation no row is published twice; a relay that dies between publishing
-//! and committing leaves its rows to be published again, which the workers'
-//! attempt check makes harmless.
+//! operation no row is published twice. A relay that dies between publishing
+//! and committing leaves its rows to be published again. The duplicate jobs
+//! change nothing, because workers skip or discard a job whose attempt
+//! number no longer matches its row.
 
 use std::sync::Arc;
 
@@ -16,10 +17,10 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::Result;
 
-/// The channel the outbox trigger notifies.
+/// The PostgreSQL `NOTIFY` channel of the outbox insert trigger.
 pub const CHANNEL: &str = "attache_outbox";
 
-/// A due job.
+/// An outbox row that is due for publishing.
 #[derive(Clone, Debug)]
 pub struct OutboxRow {
     pub id: i64,
@@ -28,8 +29,8 @@ pub struct OutboxRow {
     pub payload: serde_json::Value,
 }
 
-/// Claims up to `limit` due rows, oldest first, skipping rows another relay
-/// holds. The claim lasts until `tx` ends.
+/// Claims up to `limit` due rows, oldest first, skipping rows that another
+/// relay has locked. The row locks last until `tx` ends.
 pub async fn claim(tx: &Transaction<'_>, limit: i64) -> Result<Vec<OutboxRow>> {
     let rows = tx
         .query(
@@ -51,7 +52,7 @@ pub async fn claim(tx: &Transaction<'_>, limit: i64) -> Result<Vec<OutboxRow>> {
         .collect())
 }
 
-/// Deletes published rows.
+/// Deletes the published rows `ids`.
 pub async fn delete(tx: &Transaction<'_>, ids: &[i64]) -> Result<()> {
     tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])
         .await?;
@@ -72,12 +73,14 @@ pub async fn backlog(client: &impl deadpool_postgres::GenericClient) -> Result<(
 }
 
 /// Opens a dedicated connection that listens on [`CHANNEL`] and wakes
-/// `notify` on every notification. Returns when the connection ends, so the
-/// caller can reconnect; a pooled connection cannot receive notifications.
+/// `notify` on every notification. It needs its own connection because a
+/// pooled one does not expose notifications. Returns when the connection
+/// ends, so the caller can reconnect.
 pub async fn listen(database_url: &str, notify: Arc<Notify>) -> Result<()> {
     let (client, mut connection) = tokio_postgres::connect(database_url, NoTls).await?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    // The connection must be polled while LISTEN runs, so both go together.
+    // Notifications arrive only while the connection is polled, so the
+    // pump and the LISTEN command run together.
     let pump = async {
         while let Some(message) = messages.next().await {
             if let AsyncMessage::Notification(_) = message? {

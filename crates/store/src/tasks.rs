@@ -1,9 +1,10 @@
 //! Accepting tasks and reading them back.
 //!
 //! A task, its attachments and one outbox row per attachment are written in
-//! one transaction, so a task answered 202 always has its jobs queued. The
-//! idempotency key is enforced by a unique index: a concurrent duplicate
-//! waits for the first insert to commit and then finds it.
+//! one transaction, so every task accepted with 202 has its jobs queued. A
+//! unique index on the team and idempotency key rejects duplicates. A
+//! concurrent duplicate waits for the first insert to commit and then reads
+//! the existing task.
 
 use attache_domain::{AttachmentId, FetchJob, JobMessage, Provider, TaskId, TeamId};
 use chrono::{DateTime, Utc};
@@ -30,12 +31,13 @@ pub struct NewAttachment {
     pub provider: Provider,
 }
 
-/// What inserting a task did.
+/// The outcome of [`Store::insert_task`].
 pub enum Inserted {
     /// The task is new and committed.
     Created,
-    /// A task with the same idempotency key exists; compare its request hash
-    /// to tell a retry from a conflicting reuse.
+    /// The team already has a task with this idempotency key, and nothing
+    /// was written. Compare the request hashes to tell a retry from a
+    /// conflicting reuse of the key.
     Existing {
         task_id: TaskId,
         request_hash: Vec<u8>,
@@ -139,8 +141,8 @@ impl Store {
         Ok(Inserted::Created)
     }
 
-    /// Reads a task of `team_id` with its attachments; `None` when the task
-    /// does not exist or belongs to another team.
+    /// Reads a task of `team_id` with its attachments. Returns `None` when the
+    /// task does not exist or belongs to another team.
     pub async fn task_view(&self, team_id: TeamId, task_id: TaskId) -> Result<Option<TaskView>> {
         let client = self.pool.get().await?;
         let Some(task) = client

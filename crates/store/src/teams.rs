@@ -12,7 +12,7 @@ pub struct Team {
     pub name: String,
 }
 
-/// What a new team row holds; the caller generates the key and secret.
+/// The columns of a new team row. The caller generates the key and secret.
 pub struct NewTeam<'a> {
     pub id: TeamId,
     pub name: &'a str,

@@ -1,10 +1,15 @@
 //! Logging and the admin server every Attaché binary runs.
 //!
 //! The admin server listens on its own address, apart from the producer's
-//! API, and serves `/healthz` (the process answers), `/readyz` (every
-//! readiness check passes: database reachable, broker consumer attached)
-//! and `/metrics` (the process-wide Prometheus registry, where each crate
-//! registers its metrics).
+//! API, and serves three endpoints:
+//!
+//! - `/healthz` returns 200 while the process serves HTTP.
+//! - `/readyz` returns 200 while every [`Readiness`] check is set, and 503
+//!   with the failing names otherwise. Each binary registers a `database`
+//!   check, set once the store is migrated and not re-checked later, and a
+//!   `broker` check, set while its RabbitMQ consumer or publisher is attached.
+//! - `/metrics` encodes the process-wide Prometheus registry, where each
+//!   crate registers its metrics.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -23,13 +28,13 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global log subscriber. Filters come from `RUST_LOG`, with
 /// `info` as the default. Logs go to stderr, keeping stdout for command
-/// output. Safe to call more than once (tests do).
+/// output. Calls after the first do nothing, so tests may call it again.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        // Colour codes only help a person at a terminal; files and log
+        // Colour codes only help a person at a terminal, so files and log
         // collectors get plain text.
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
@@ -41,14 +46,14 @@ pub fn init_logging(format: LogFormat) {
 /// One named readiness flag.
 type Check = (&'static str, Arc<AtomicBool>);
 
-/// Named readiness flags; the process is ready when every flag is set.
+/// Named readiness flags. The process is ready when every flag is set.
 #[derive(Clone, Default)]
 pub struct Readiness {
     checks: Arc<std::sync::Mutex<Vec<Check>>>,
 }
 
 impl Readiness {
-    /// Adds a check, initially failing, and returns its flag.
+    /// Registers a check named `name`, initially failing, and returns its flag.
     pub fn check(&self, name: &'static str) -> Arc<AtomicBool> {
         let flag = Arc::new(AtomicBool::new(false));
         self.checks
@@ -102,7 +107,7 @@ async fn metrics() -> impl IntoResponse {
     let mut body = Vec::new();
     let encoder = TextEncoder::new();
     if let Err(error) = encoder.encode(&prometheus::gather(), &mut body) {
-        tracing::error!(%error, "cannot encode metrics");
+        tracing::error!(%error, "failed to encode metrics");
         return (StatusCode::INTERNAL_SERVER_ERROR, Vec::new()).into_response();
     }
     (

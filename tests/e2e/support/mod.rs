@@ -1,4 +1,5 @@
-//! The harness: a whole Attaché deployment per test.
+//! The test harness: a whole Attaché deployment per test, with loopback
+//! file sources and callback receivers.
 
 mod env;
 mod receiver;
@@ -10,8 +11,9 @@ pub use source::{Source, SourceFile};
 
 use std::time::Duration;
 
-/// Polls `probe` until it returns `Some` or `timeout` passes.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+/// Polls `probe` every 50 ms until it returns `Some`, and returns that value.
+/// Panics with "timed out waiting for {condition}" once `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, condition: &str, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -23,13 +25,13 @@ where
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
+            "timed out waiting for {condition}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// Hex sha256 of `bytes`.
+/// Returns the lowercase hex SHA-256 digest of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))

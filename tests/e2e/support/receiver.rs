@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::eventually;
 
-/// One request as received.
+/// One callback request, with its Standard Webhooks headers and raw body.
 #[derive(Clone, Debug)]
 pub struct ReceivedCallback {
     pub webhook_id: String,
@@ -25,25 +25,26 @@ pub struct ReceivedCallback {
 
 impl ReceivedCallback {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).expect("a callback body is JSON")
+        serde_json::from_str(&self.body).expect("a callback body is valid JSON")
     }
 }
 
 #[derive(Clone, Default)]
 struct Shared {
     received: Arc<Mutex<Vec<ReceivedCallback>>>,
-    /// Statuses to answer, in order; 204 once it runs out.
+    /// Statuses to respond with, in order. Later requests get 204.
     plan: Arc<Mutex<VecDeque<StatusCode>>>,
 }
 
-/// A running receiver.
+/// A running callback receiver on a loopback port.
 pub struct Receiver {
     addr: SocketAddr,
     shared: Shared,
 }
 
 impl Receiver {
-    /// Starts a receiver that answers `plan` in order, then 204.
+    /// Starts a receiver that responds with the statuses in `plan`, in
+    /// order, and with 204 after that.
     pub async fn start(plan: impl IntoIterator<Item = StatusCode>) -> Self {
         let shared = Shared {
             received: Arc::default(),
@@ -54,8 +55,10 @@ impl Receiver {
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .expect("a loopback port");
-        let addr = listener.local_addr().expect("a bound address");
+            .expect("binding a loopback port succeeds");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
         tokio::spawn(async move { axum::serve(listener, router).await });
         Self { addr, shared }
     }
@@ -64,12 +67,13 @@ impl Receiver {
         format!("http://{}/hooks", self.addr)
     }
 
-    /// Everything received so far.
+    /// Returns every request received so far.
     pub fn received(&self) -> Vec<ReceivedCallback> {
         self.shared.received.lock().unwrap().clone()
     }
 
-    /// Waits until at least `count` requests arrived, and returns them.
+    /// Waits up to 30 s until at least `count` requests have arrived, and
+    /// returns them.
     pub async fn wait_for(&self, count: usize) -> Vec<ReceivedCallback> {
         eventually(Duration::from_secs(30), "callbacks to arrive", || async {
             let received = self.received();

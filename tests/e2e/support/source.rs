@@ -12,14 +12,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 
-/// A file the source serves, and how.
+/// A file the source serves, with how to serve it.
 #[derive(Clone)]
 pub struct SourceFile {
     pub body: Bytes,
     pub content_type: &'static str,
-    /// Send the body in chunks without a Content-Length.
+    /// Whether to send the body in chunks without a Content-Length.
     pub chunked: bool,
-    /// Answer this many requests with `failure_status` before serving.
+    /// Number of requests that get `failure_status` before the file is
+    /// served.
     pub failures: u32,
     pub failure_status: StatusCode,
 }
@@ -53,7 +54,7 @@ struct Files {
     hits: Arc<Mutex<HashMap<String, u32>>>,
 }
 
-/// A running source.
+/// A running source server on a loopback port.
 pub struct Source {
     addr: SocketAddr,
     files: Files,
@@ -75,18 +76,20 @@ impl Source {
             .with_state(files.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .expect("a loopback port");
-        let addr = listener.local_addr().expect("a bound address");
+            .expect("binding a loopback port succeeds");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
         tokio::spawn(async move { axum::serve(listener, router).await });
         Self { addr, files }
     }
 
-    /// The URL of `name` on this source.
+    /// Returns the URL of `name` on this source.
     pub fn url(&self, name: &str) -> String {
         format!("http://{}/files/{name}", self.addr)
     }
 
-    /// How many requests `name` received.
+    /// Returns the number of requests for `name` so far.
     pub fn hits(&self, name: &str) -> u32 {
         self.files
             .hits

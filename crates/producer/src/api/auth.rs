@@ -1,7 +1,7 @@
 //! Bearer API key authentication.
 //!
-//! The key is hashed and looked up by its hash; it is never logged, and a
-//! failed lookup says only that the key is not valid.
+//! The key is hashed and looked up by its hash. The key is never logged,
+//! and a failed lookup tells the client only that the key is not valid.
 
 use attache_store::teams::Team;
 use axum::extract::FromRequestParts;

@@ -1,8 +1,8 @@
 //! The API's error response: `{"error": {"code", "field", "message"}}`.
 //!
-//! `code` is stable and meant for programs; `message` is for the person
-//! reading it and says what to change; `field` names the offending request
-//! field, header or path parameter when there is one.
+//! `code` is stable and meant for programs. `message` is meant for people
+//! and tells them what to change. `field` names the offending request field,
+//! header or path parameter, or is `null` when no single one is at fault.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::metrics::REQUESTS_REJECTED;
 
-/// A rejected request.
+/// A rejected request, rendered as the JSON error response.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -30,20 +30,21 @@ impl ApiError {
         }
     }
 
-    /// A 400 about one field.
+    /// Creates a 400 error about one request field.
     pub fn field(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message).at(field)
     }
 
-    /// Names the offending field.
+    /// Sets the offending field, header or path parameter.
     pub fn at(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
         self
     }
 
-    /// An internal failure. The cause is logged, not shown.
+    /// Logs an internal failure and returns a 503 `unavailable` error that
+    /// asks the client to retry. The response does not show the cause.
     pub fn internal(error: impl std::fmt::Display) -> Self {
-        tracing::error!(%error, "request failed");
+        tracing::error!(%error, "request failed with an internal error");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",

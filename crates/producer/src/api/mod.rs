@@ -1,9 +1,9 @@
 //! The task API.
 //!
 //! Routes are declared in [`paths`] and documented in `openapi.json` next to
-//! this crate's manifest; a test keeps the two in step. Every rejection is a
-//! JSON [`error::ApiError`] with a stable code, the offending field and what
-//! to change.
+//! this crate's manifest, and a test checks that the two match. Every
+//! rejection is a JSON [`error::ApiError`] with a stable code, the offending
+//! field and a message that says what to change.
 
 pub mod auth;
 pub mod error;
@@ -29,22 +29,22 @@ pub mod paths {
     pub const TASK: &str = "/v1/tasks/{task_id}";
     pub const OPENAPI: &str = "/v1/openapi.json";
 
-    /// Every (method, path) the router serves.
+    /// Every (method, path) pair the router serves.
     pub const ALL: &[(&str, &str)] = &[("post", TASKS), ("get", TASK), ("get", OPENAPI)];
 }
 
 /// Request limits.
 #[derive(Args, Clone, Debug)]
 pub struct Limits {
-    /// Most attachments one task may list.
+    /// Maximum number of attachments in one task.
     #[arg(long, env = "ATTACHE_MAX_ATTACHMENTS_PER_TASK", default_value_t = 100)]
     pub max_attachments_per_task: usize,
 
-    /// Largest `metadata` object, in bytes of compact JSON.
+    /// Maximum size of the `metadata` object, in bytes of compact JSON.
     #[arg(long, env = "ATTACHE_MAX_METADATA_BYTES", default_value_t = 16 * 1024)]
     pub max_metadata_bytes: usize,
 
-    /// Largest request body, in bytes.
+    /// Maximum size of a request body, in bytes.
     #[arg(long, env = "ATTACHE_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
     pub max_request_bytes: usize,
 }
@@ -59,7 +59,7 @@ impl Default for Limits {
     }
 }
 
-/// What handlers share.
+/// State shared by the API handlers: the store and the request limits.
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
@@ -86,7 +86,8 @@ impl AppState {
     }
 }
 
-/// Builds the router.
+/// Builds the API router. Unknown routes and methods get JSON errors, and
+/// request bodies are limited to `max_request_bytes`.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits().max_request_bytes;
     Router::new()
@@ -113,17 +114,22 @@ mod tests {
 
     use super::*;
 
-    /// The (method, path) pairs the OpenAPI document describes, in axum's
-    /// path syntax.
+    /// Returns the (method, path) pairs that the OpenAPI document describes.
+    /// OpenAPI and axum 0.8 both write path parameters as `{task_id}`, so
+    /// the paths compare as they are.
     fn documented() -> BTreeSet<(String, String)> {
         let document: serde_json::Value =
-            serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+            serde_json::from_str(OPENAPI).expect("openapi.json is valid JSON");
         let mut operations = BTreeSet::new();
         for (path, item) in document["paths"]
             .as_object()
-            .expect("the document has paths")
+            .expect("openapi.json has a `paths` object")
         {
-            for method in item.as_object().expect("a path item is an object").keys() {
+            for method in item
+                .as_object()
+                .expect("each OpenAPI path item is an object")
+                .keys()
+            {
                 operations.insert((method.clone(), path.clone()));
             }
         }
@@ -131,18 +137,19 @@ mod tests {
     }
 
     fn router_without_database() -> Router {
-        // The pool connects lazily; these requests never reach the database.
+        // The pool connects lazily, and these requests never reach the
+        // database.
         let store = Store::connect(&DatabaseArgs {
             database_url: "postgres://nobody@127.0.0.1:1/none".to_owned(),
             database_pool_size: 1,
             database_wait_timeout: std::time::Duration::from_millis(10),
         })
-        .expect("a lazy pool");
+        .expect("building a lazy pool opens no connection");
         router(AppState::new(store, Limits::default()))
     }
 
     #[test]
-    fn openapi_documents_exactly_the_routes_served() {
+    fn openapi_paths_match_router() {
         let served: BTreeSet<(String, String)> = paths::ALL
             .iter()
             .map(|(method, path)| (method.to_string(), path.to_string()))
@@ -150,8 +157,8 @@ mod tests {
         assert_eq!(documented(), served);
     }
 
-    /// Sends a request and returns the status and the error code, if the
-    /// answer is an API error.
+    /// Sends a request and returns the response status, with the error code
+    /// if the response is an API error.
     async fn send(method: &str, uri: &str) -> (StatusCode, Option<String>) {
         let request = Request::builder()
             .method(method)
@@ -172,7 +179,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_documented_operation_reaches_a_handler() {
+    async fn documented_operations_reach_a_handler() {
         for (method, path) in documented() {
             let uri = path.replace("{task_id}", "01a241bb-2764-761a-b971-95457ae854b8");
             let (status, code) = send(&method.to_uppercase(), &uri).await;
@@ -180,12 +187,12 @@ mod tests {
                 code.as_deref(),
                 Some("route_not_found" | "method_not_allowed")
             );
-            assert!(!unrouted, "{method} {uri} answered {status} {code:?}");
+            assert!(!unrouted, "{method} {uri} returned {status} {code:?}");
         }
     }
 
     #[tokio::test]
-    async fn unknown_routes_and_methods_answer_json_errors() {
+    async fn unknown_route_or_method_returns_json_error() {
         let (status, code) = send("GET", "/v2/tasks").await;
         assert_eq!(
             (status, code.as_deref()),

@@ -16,7 +16,7 @@ use super::error::ApiError;
 use super::validate;
 use crate::metrics::TASKS_ACCEPTED;
 
-/// The 202 answer to an accepted task.
+/// The 202 response body for an accepted task.
 #[derive(Serialize)]
 struct Accepted {
     task_id: TaskId,
@@ -94,8 +94,8 @@ pub async fn create(
     }
 }
 
-/// Answers a request whose idempotency key was used before: the original
-/// task if the body is the same, 409 if not.
+/// Responds to a request whose idempotency key was used before. Returns the
+/// original task if the body is the same, and a 409 error if not.
 async fn replay(
     state: &AppState,
     team_id: attache_domain::TeamId,
@@ -115,7 +115,9 @@ async fn replay(
         .task_view(team_id, task_id)
         .await?
         .ok_or_else(|| {
-            ApiError::internal(format!("task {task_id} vanished after its key matched"))
+            ApiError::internal(format!(
+                "task {task_id} not found after its idempotency key matched"
+            ))
         })?;
     let accepted = Accepted {
         task_id,

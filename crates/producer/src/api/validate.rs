@@ -2,8 +2,8 @@
 //!
 //! The body is read as JSON and checked field by field, so every error names
 //! its field (`attachments[2].uri`) instead of quoting a parser position.
-//! Unknown fields are rejected: a misspelt optional field would otherwise be
-//! dropped without a word.
+//! Unknown fields are rejected, because a misspelt optional field would
+//! otherwise be ignored silently.
 
 use attache_domain::{AttachmentRef, ErrorCode, Provider};
 use axum::http::{HeaderMap, StatusCode};
@@ -13,20 +13,20 @@ use sha2::{Digest, Sha256};
 use super::Limits;
 use super::error::ApiError;
 
-/// Longest accepted `Idempotency-Key`.
+/// Maximum length of an `Idempotency-Key`, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 const MAX_CALLBACK_URL_LEN: usize = 2048;
 
-/// A valid task request.
+/// A validated task request.
 pub struct TaskRequest {
     pub callback_url: String,
     pub attachments: Vec<(String, Provider)>,
     pub metadata: Value,
-    /// SHA-256 of the canonical request, to recognise a retried request.
+    /// SHA-256 of the canonical request body, to recognise a retried request.
     pub request_hash: Vec<u8>,
 }
 
-/// Validates a request body.
+/// Parses and validates a `POST /v1/tasks` request body.
 pub fn task_request(body: &[u8], limits: &Limits) -> Result<TaskRequest, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|error| {
         ApiError::new(
@@ -58,8 +58,9 @@ pub fn task_request(body: &[u8], limits: &Limits) -> Result<TaskRequest, ApiErro
     let callback_url = callback_url(object.get("callback_url"))?;
     let attachments = attachments(object.get("attachments"), limits)?;
     let metadata = metadata(object.get("metadata"), limits)?;
-    // serde_json's map is ordered by key, so equal requests serialise alike.
-    let canonical = serde_json::to_vec(&value).expect("a parsed JSON value serialises");
+    // serde_json's map is ordered by key (the `preserve_order` feature is
+    // off), so requests that differ only in key order serialise alike.
+    let canonical = serde_json::to_vec(&value).expect("a parsed JSON value always serialises");
     Ok(TaskRequest {
         callback_url,
         attachments,
@@ -68,7 +69,7 @@ pub fn task_request(body: &[u8], limits: &Limits) -> Result<TaskRequest, ApiErro
     })
 }
 
-/// Reads the optional `Idempotency-Key` header.
+/// Reads and validates the optional `Idempotency-Key` header.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
@@ -214,7 +215,7 @@ fn metadata(value: Option<&Value>, limits: &Limits) -> Result<Value, ApiError> {
         None | Some(Value::Null) => Ok(Value::Object(Map::new())),
         Some(object @ Value::Object(_)) => {
             let size = serde_json::to_vec(object)
-                .expect("a parsed JSON value serialises")
+                .expect("a parsed JSON value always serialises")
                 .len();
             let max = limits.max_metadata_bytes;
             if size > max {
