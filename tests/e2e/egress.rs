@@ -204,3 +204,47 @@ async fn denied_callback_destination_is_dead() {
     );
     deployment.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unusable_pool_retries_and_sends_nothing() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let member = format!("proxy:http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let deployment = Deployment::start(Options {
+        egress_members: vec![member.parse().unwrap()],
+        ..Options::default()
+    })
+    .await;
+    let source = Source::start([("a.txt", SourceFile::new("a", "text/plain"))]).await;
+    let receiver = Receiver::start([]).await;
+    deployment
+        .submit(
+            &json!({"callback_url": receiver.url(), "attachments": [{"uri": source.url("a.txt")}]}),
+            None,
+        )
+        .await;
+
+    let database = deployment.database().await;
+    let row = eventually(
+        Duration::from_secs(20),
+        "the attachment to fail",
+        || async {
+            let row = database
+                .query_one("SELECT status, attempts, error_code FROM attachments", &[])
+                .await
+                .unwrap();
+            (row.get::<_, &str>(0) == "failed").then_some(row)
+        },
+    )
+    .await;
+    assert_eq!(
+        row.get::<_, i32>(1),
+        Options::default().fetch_max_attempts as i32,
+        "retried"
+    );
+    assert_eq!(row.get::<_, &str>(2), "egress_unavailable");
+    assert_eq!(source.hits("a.txt"), 0, "nothing went out directly");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(receiver.received().is_empty());
+    deployment.stop().await;
+}
