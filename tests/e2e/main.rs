@@ -13,4 +13,5 @@ mod delivery;
 mod egress;
 mod pipeline;
 mod queues;
+mod replay;
 mod support;

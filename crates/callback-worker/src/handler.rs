@@ -14,14 +14,19 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use tracing::Instrument;
 use url::Url;
 
+use crate::limiter::HostLimiter;
 use crate::metrics::{ATTEMPT_SECONDS, ATTEMPTS};
 use crate::signing::SigningKey;
+
+/// How long a delivery held back by the per-host limit waits.
+const POSTPONE_DELAY: Duration = Duration::from_secs(1);
 
 /// Everything a callback job needs.
 pub struct CallbackHandler {
     pub store: Store,
     pub egress: Egress,
     pub retry: RetryPolicy,
+    pub limiter: HostLimiter,
 }
 
 /// What one POST produced.
@@ -32,6 +37,8 @@ struct Sent {
     /// No later attempt can succeed: 410 Gone, or a destination the guard
     /// denies.
     final_error: bool,
+    /// The delay a 429 or 503 response asked for.
+    retry_after: Option<Duration>,
     egress_member: Option<String>,
 }
 
@@ -76,6 +83,19 @@ impl CallbackHandler {
             return Ok(());
         }
 
+        let host = Url::parse(&delivery.url)
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let Some(_slot) = self.limiter.try_acquire(&host) else {
+            ATTEMPTS.with_label_values(&["postponed"]).inc();
+            tracing::debug!(host, "host at its delivery limit; postponing");
+            return self
+                .store
+                .postpone_delivery(job.callback_id, job.attempt, POSTPONE_DELAY)
+                .await;
+        };
+
         let started = Instant::now();
         let sent = self.send(&delivery).await;
         let duration = started.elapsed();
@@ -117,6 +137,7 @@ impl CallbackHandler {
             status_code: None,
             error: Some(error),
             final_error,
+            retry_after: None,
             egress_member: member,
         };
         let key = match SigningKey::from_secret(&delivery.signing_secret) {
@@ -150,6 +171,7 @@ impl CallbackHandler {
                     error: (!status.is_success())
                         .then(|| format!("the endpoint answered HTTP {status}")),
                     final_error: status == reqwest::StatusCode::GONE,
+                    retry_after: retry_after(&response),
                     egress_member: sent.member,
                 }
             }
@@ -178,13 +200,17 @@ impl CallbackHandler {
                 error: error.clone(),
             };
         }
-        let age = (chrono::Utc::now() - delivery.created_at)
+        let age = (chrono::Utc::now() - delivery.retry_window_start)
             .to_std()
             .unwrap_or(Duration::ZERO);
         match self.retry.next_delay(delivery.attempts + 1, age) {
             Some(delay) => DeliveryResult::Retry {
                 error: error.clone(),
-                delay,
+                // Retry-After may lengthen a delay, up to the policy's
+                // longest, but never shorten it.
+                delay: sent
+                    .retry_after
+                    .map_or(delay, |asked| delay.max(asked.min(self.retry.max_delay))),
             },
             None => DeliveryResult::Dead {
                 error: format!("{error}; no attempts left"),
@@ -212,4 +238,53 @@ fn transport_error(error: reqwest::Error) -> String {
 /// Builds a header value from text that is ASCII by construction.
 fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).expect("webhook ids, timestamps and base64 signatures are ASCII")
+}
+
+/// Reads `Retry-After` from a 429 or 503 response, in seconds or as an HTTP
+/// date.
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let status = response.status().as_u16();
+    if status != 429 && status != 503 {
+        return None;
+    }
+    let value = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    parse_retry_after(value, chrono::Utc::now())
+}
+
+fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(value.trim()).ok()?;
+    (date.with_timezone(&chrono::Utc) - now).to_std().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-04T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Fri, 04 Dec 2026 12:01:30 GMT", now),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_retry_after("Fri, 04 Dec 2026 11:00:00 GMT", now),
+            None,
+            "a past date"
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
 }

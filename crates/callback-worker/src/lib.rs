@@ -11,6 +11,7 @@
 //! - [`signing`]: the Standard Webhooks signature.
 
 pub mod handler;
+mod limiter;
 mod metrics;
 pub mod signing;
 
@@ -30,6 +31,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::CallbackHandler;
+use crate::limiter::HostLimiter;
+
+/// The longest delay between two delivery attempts, before jitter.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(10 * 3600);
 
 /// Settings of `attache-callback-worker`.
 #[derive(Args, Clone, Debug)]
@@ -58,12 +63,23 @@ pub struct CallbackWorkerConfig {
     pub callback_timeout: Duration,
 
     /// Attempts per callback, the first included.
-    #[arg(long, env = "ATTACHE_CALLBACK_MAX_ATTEMPTS", default_value_t = 5)]
+    #[arg(long, env = "ATTACHE_CALLBACK_MAX_ATTEMPTS", default_value_t = 8)]
     pub callback_max_attempts: u32,
 
-    /// Delay before the first retry; later ones grow fivefold up to an hour.
+    /// Delay before the first retry; later ones grow sixfold up to ten
+    /// hours, so eight attempts span about a day before jitter.
     #[arg(long, env = "ATTACHE_CALLBACK_RETRY_DELAY", default_value = "5s", value_parser = parse_duration)]
     pub callback_retry_delay: Duration,
+
+    /// Maximum deliveries in flight to one host, so one slow endpoint
+    /// cannot take every delivery slot. A job over the limit is postponed
+    /// by a second without spending an attempt.
+    #[arg(
+        long,
+        env = "ATTACHE_CALLBACK_CONCURRENCY_PER_HOST",
+        default_value_t = 8
+    )]
+    pub callback_concurrency_per_host: usize,
 
     /// Time in-flight jobs get to finish after a shutdown signal.
     #[arg(long, env = "ATTACHE_SHUTDOWN_DEADLINE", default_value = "30s", value_parser = parse_duration)]
@@ -74,10 +90,12 @@ impl CallbackWorkerConfig {
     fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
             first_delay: self.callback_retry_delay,
-            max_delay: Duration::from_secs(3600).max(self.callback_retry_delay),
-            factor: 5.0,
+            max_delay: MAX_RETRY_DELAY.max(self.callback_retry_delay),
+            factor: 6.0,
             max_attempts: self.callback_max_attempts,
-            max_age: Duration::from_secs(2 * 86_400),
+            // Jitter can double each delay, so eight attempts may take up to
+            // two days; three days leaves room without retrying forever.
+            max_age: Duration::from_secs(3 * 86_400),
             jitter: true,
         }
     }
@@ -147,6 +165,7 @@ impl CallbackWorker {
             store,
             egress,
             retry: config.retry_policy(),
+            limiter: HostLimiter::new(config.callback_concurrency_per_host),
         };
         let settings = ConsumerSettings {
             amqp_url: config.broker.amqp_url.clone(),

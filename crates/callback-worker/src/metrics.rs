@@ -7,7 +7,8 @@ use prometheus::{
     register_int_counter_vec,
 };
 
-/// Delivery attempts, by outcome: `delivered`, `retry`, `dead`, `stale`.
+/// Delivery attempts, by outcome: `delivered`, `retry`, `dead`, `stale`,
+/// or `postponed` (held back by the per-host limit, no attempt spent).
 pub static ATTEMPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "attache_callback_attempts_total",

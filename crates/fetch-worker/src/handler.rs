@@ -221,7 +221,7 @@ impl FetchHandler {
             }
             Err(error) => error,
         };
-        let age = (chrono::Utc::now() - target.created_at)
+        let age = (chrono::Utc::now() - target.retry_window_start)
             .to_std()
             .unwrap_or(Duration::ZERO);
         let delay = error

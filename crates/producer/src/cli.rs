@@ -29,6 +29,33 @@ pub enum Command {
     /// Manage teams.
     #[command(subcommand)]
     Team(TeamCommand),
+    /// Queue failed attachments or dead callbacks again.
+    Replay(ReplayCommand),
+}
+
+/// Which rows `replay` queues again. Every filter that is given must match.
+#[derive(Args, Debug)]
+pub struct ReplayCommand {
+    /// `attachments` (failed ones) or `callbacks` (dead ones).
+    #[arg(value_parser = ["attachments", "callbacks"])]
+    pub kind: String,
+    /// Only this team's rows.
+    #[arg(long)]
+    pub team: Option<attache_domain::TeamId>,
+    /// Only this task's rows.
+    #[arg(long)]
+    pub task: Option<attache_domain::TaskId>,
+    /// Attachments only: the error code they failed with, such as access_denied.
+    #[arg(long)]
+    pub error_code: Option<attache_domain::ErrorCode>,
+    /// Rows that failed or were last attempted at or after this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Rows that failed or were last attempted before this RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,5 +110,29 @@ pub async fn team(command: TeamCommand) -> anyhow::Result<()> {
         println!("signing secret:  {}", credentials.signing_secret);
         println!("Store both now: they are not shown again.");
     }
+    Ok(())
+}
+
+/// Runs `replay` and prints how many rows were queued again.
+pub async fn replay(command: ReplayCommand) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        command.kind == "attachments" || command.error_code.is_none(),
+        "--error-code filters attachments only: remove it to replay callbacks"
+    );
+    let store = Store::connect(&command.database)?;
+    store.migrate().await?;
+    let filter = attache_store::replay::ReplayFilter {
+        team_id: command.team,
+        task_id: command.task,
+        error_code: command.error_code,
+        since: command.since,
+        until: command.until,
+    };
+    let replayed = if command.kind == "attachments" {
+        store.replay_attachments(&filter).await?.len()
+    } else {
+        store.replay_callbacks(&filter).await?.len()
+    };
+    println!("queued {replayed} {} again", command.kind);
     Ok(())
 }

@@ -19,5 +19,6 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate(database) => attache_producer::cli::migrate(&database).await,
         Command::Team(command) => attache_producer::cli::team(command).await,
+        Command::Replay(command) => attache_producer::cli::replay(command).await,
     }
 }

@@ -26,7 +26,9 @@ pub struct Delivery {
     pub status: CallbackStatus,
     /// Attempts finished before this one.
     pub attempts: u32,
-    pub created_at: DateTime<Utc>,
+    /// Start of the current retry window; the retry policy's age limit
+    /// counts from here.
+    pub retry_window_start: DateTime<Utc>,
 }
 
 /// The outcome of one delivery attempt.
@@ -60,7 +62,7 @@ impl Store {
         let row = client
             .query_opt(
                 "SELECT c.task_id, t.team_id, c.url, c.payload, c.status, c.attempts,
-                        c.created_at, team.signing_secret
+                        c.retry_window_start, team.signing_secret
                  FROM callbacks c
                  JOIN tasks t ON t.id = c.task_id
                  JOIN teams team ON team.id = t.team_id
@@ -78,7 +80,7 @@ impl Store {
             signing_secret: row.get("signing_secret"),
             status: parse_column("callbacks.status", row.get("status"))?,
             attempts: row.get::<_, i32>("attempts") as u32,
-            created_at: row.get("created_at"),
+            retry_window_start: row.get("retry_window_start"),
         }))
     }
 
@@ -143,5 +145,28 @@ impl Store {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Queues the same attempt again after `delay` without spending it, for
+    /// a delivery held back by a per-host limit.
+    pub async fn postpone_delivery(
+        &self,
+        callback_id: CallbackId,
+        attempt: u32,
+        delay: Duration,
+    ) -> Result<()> {
+        let client = self.pool.get().await?;
+        let job = JobMessage::Callback(CallbackJob {
+            callback_id,
+            attempt,
+        });
+        client
+            .execute(
+                "INSERT INTO outbox (kind, payload, available_at)
+                 VALUES ('callback', $1, now() + make_interval(secs => $2))",
+                &[&job.to_json(), &delay.as_secs_f64()],
+            )
+            .await?;
+        Ok(())
     }
 }

@@ -30,7 +30,9 @@ pub struct FetchTarget {
     pub status: AttachmentStatus,
     /// Attempts finished before this one.
     pub attempts: u32,
-    pub created_at: DateTime<Utc>,
+    /// Start of the current retry window; the retry policy's age limit
+    /// counts from here.
+    pub retry_window_start: DateTime<Utc>,
 }
 
 /// The outcome of one fetch attempt.
@@ -100,7 +102,7 @@ impl Store {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT a.id, a.task_id, t.team_id, a.uri, a.status, a.attempts, a.created_at
+                "SELECT a.id, a.task_id, t.team_id, a.uri, a.status, a.attempts, a.retry_window_start
                  FROM attachments a JOIN tasks t ON t.id = a.task_id
                  WHERE a.id = $1",
                 &[&attachment_id.0],
@@ -114,7 +116,7 @@ impl Store {
             uri: row.get("uri"),
             status: parse_column("attachments.status", row.get("status"))?,
             attempts: row.get::<_, i32>("attempts") as u32,
-            created_at: row.get("created_at"),
+            retry_window_start: row.get("retry_window_start"),
         }))
     }
 

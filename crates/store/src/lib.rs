@@ -13,10 +13,12 @@
 //! - [`callbacks`]: what a callback-worker loads and records per attempt.
 //! - [`outbox`]: jobs waiting to be published, and the notification that
 //!   wakes the relay.
+//! - [`replay`]: queueing failed attachments and dead callbacks again.
 
 pub mod callbacks;
 pub mod fetches;
 pub mod outbox;
+pub mod replay;
 pub mod tasks;
 pub mod teams;
 

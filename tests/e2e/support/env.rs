@@ -163,6 +163,7 @@ impl Deployment {
             egress,
             admin_addr: loopback,
             callback_concurrency: 8,
+            callback_concurrency_per_host: 4,
             callback_connect_timeout: Duration::from_secs(2),
             callback_timeout: Duration::from_secs(5),
             callback_max_attempts: options.callback_max_attempts,
@@ -258,6 +259,20 @@ impl Deployment {
             request = request.header("idempotency-key", key);
         }
         let response = request.send().await.expect("the API answers");
+        let status = response.status();
+        (status, response.json().await.expect("every answer is JSON"))
+    }
+
+    /// POSTs a JSON body to a path of the API as this deployment's team.
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(format!("http://{}{path}", self.api))
+            .bearer_auth(&self.team.api_key)
+            .json(body)
+            .send()
+            .await
+            .expect("the API answers");
         let status = response.status();
         (status, response.json().await.expect("every answer is JSON"))
     }

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod replays;
 mod tasks;
 mod validate;
 
@@ -27,10 +28,16 @@ pub const OPENAPI: &str = include_str!("../../openapi.json");
 pub mod paths {
     pub const TASKS: &str = "/v1/tasks";
     pub const TASK: &str = "/v1/tasks/{task_id}";
+    pub const REPLAYS: &str = "/v1/replays";
     pub const OPENAPI: &str = "/v1/openapi.json";
 
     /// Every (method, path) pair the router serves.
-    pub const ALL: &[(&str, &str)] = &[("post", TASKS), ("get", TASK), ("get", OPENAPI)];
+    pub const ALL: &[(&str, &str)] = &[
+        ("post", TASKS),
+        ("get", TASK),
+        ("post", REPLAYS),
+        ("get", OPENAPI),
+    ];
 }
 
 /// Request limits.
@@ -93,6 +100,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route(paths::TASKS, post(tasks::create))
         .route(paths::TASK, get(tasks::get))
+        .route(paths::REPLAYS, post(replays::create))
         .route(
             paths::OPENAPI,
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),
