@@ -100,3 +100,76 @@ async fn duplicate_and_unknown_jobs_change_nothing() {
     assert_eq!(attempts, 1);
     deployment.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn job_delivered_too_often_fails_for_good() {
+    use lapin::options::BasicPublishOptions;
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let deployment = Deployment::start(Options::default()).await;
+    let receiver = Receiver::start([]).await;
+    // A task written straight to the database, without an outbox row, so
+    // the only job for its attachment is the one published below.
+    let attachment_id = AttachmentId::new();
+    let task_id = uuid::Uuid::now_v7();
+    let database = deployment.database().await;
+    database
+        .execute(
+            "INSERT INTO tasks (id, team_id, callback_url, request_hash) VALUES ($1, $2, $3, '')",
+            &[&task_id, &deployment.team.team_id.0, &receiver.url()],
+        )
+        .await
+        .unwrap();
+    database
+        .execute(
+            "INSERT INTO attachments (id, task_id, position, uri, provider)
+             VALUES ($1, $2, 0, 'http://127.0.0.1:9/never', 'http')",
+            &[&attachment_id.0, &task_id],
+        )
+        .await
+        .unwrap();
+
+    // The job claims to have been delivered as often as the queue allows,
+    // as after repeated worker crashes.
+    let connection = lapin::Connection::connect(&deployment.amqp_url, Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(5));
+    let job = JobMessage::Fetch(FetchJob {
+        attachment_id,
+        attempt: 0,
+    });
+    channel
+        .basic_publish(
+            "".into(),
+            deployment
+                .topology
+                .work_queue(QueueKind::Fetch)
+                .as_str()
+                .into(),
+            BasicPublishOptions::default(),
+            &job.encode(),
+            lapin::BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+
+    let payload = receiver.wait_for(1).await[0].json();
+    assert_eq!(payload["data"]["status"], "failed");
+    assert_eq!(
+        payload["data"]["attachments"][0]["error_code"],
+        "processing_failed"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the job to be dead-lettered",
+        || async { (deployment.dead_letter_depth(QueueKind::Fetch).await == 1).then_some(()) },
+    )
+    .await;
+    deployment.stop().await;
+}

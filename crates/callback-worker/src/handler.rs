@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use attache_domain::{CallbackJob, JobMessage, RetryPolicy};
 use attache_egress::{Egress, SendError};
-use attache_queue::{Disposition, Handler};
+use attache_queue::{DeadLetterReason, Disposition, Handler, Incoming};
 use attache_store::callbacks::{Delivery, DeliveryAttempt, DeliveryResult};
 use attache_store::{Store, StoreError};
 use bytes::Bytes;
@@ -27,6 +27,8 @@ pub struct CallbackHandler {
     pub egress: Egress,
     pub retry: RetryPolicy,
     pub limiter: HostLimiter,
+    /// Deliveries of one message after which the worker gives it up.
+    pub give_up_after: u32,
 }
 
 /// What one POST produced.
@@ -44,23 +46,29 @@ struct Sent {
 
 #[async_trait]
 impl Handler for CallbackHandler {
-    async fn handle(&self, body: &[u8]) -> Disposition {
-        let job = match JobMessage::decode(body) {
+    async fn handle(&self, incoming: Incoming<'_>) -> Disposition {
+        let job = match JobMessage::decode(incoming.body) {
             Ok(JobMessage::Callback(job)) => job,
             Ok(other) => {
                 tracing::error!(
                     ?other,
                     "a non-callback job reached the callback queue; dead-lettering it"
                 );
-                return Disposition::DeadLetter;
+                return Disposition::DeadLetter(DeadLetterReason::Undecodable);
             }
             Err(error) => {
                 tracing::error!(%error, "undecodable callback message; dead-lettering it");
-                return Disposition::DeadLetter;
+                return Disposition::DeadLetter(DeadLetterReason::Undecodable);
             }
         };
         let span =
             tracing::info_span!("callback", callback_id = %job.callback_id, attempt = job.attempt);
+        if incoming.redeliveries >= self.give_up_after {
+            return match self.give_up(job).instrument(span).await {
+                Ok(()) => Disposition::DeadLetter(DeadLetterReason::DeliveryLimit),
+                Err(_) => Disposition::Requeue,
+            };
+        }
         match self.process(job).instrument(span).await {
             Ok(()) => Disposition::Ack,
             Err(error) => {
@@ -72,6 +80,36 @@ impl Handler for CallbackHandler {
 }
 
 impl CallbackHandler {
+    /// Marks the callback dead after its job was delivered too often, which
+    /// means it keeps crashing or outliving workers; the message then goes
+    /// to the dead-letter queue, and the callback can be replayed.
+    async fn give_up(&self, job: CallbackJob) -> Result<(), StoreError> {
+        let Some(delivery) = self.store.delivery(job.callback_id).await? else {
+            return Ok(());
+        };
+        if delivery.status.is_final() {
+            return Ok(());
+        }
+        tracing::error!(
+            redeliveries = self.give_up_after,
+            "callback job delivered too often; marking it dead"
+        );
+        ATTEMPTS.with_label_values(&["dead"]).inc();
+        self.store
+            .record_delivery(&DeliveryAttempt {
+                callback_id: delivery.callback_id,
+                attempt: delivery.attempts,
+                status_code: None,
+                duration: Duration::ZERO,
+                egress_member: None,
+                result: DeliveryResult::Dead {
+                    error: "processing_failed: delivering this callback failed repeatedly inside Attaché".to_owned(),
+                },
+            })
+            .await?;
+        Ok(())
+    }
+
     async fn process(&self, job: CallbackJob) -> Result<(), StoreError> {
         let Some(delivery) = self.store.delivery(job.callback_id).await? else {
             tracing::warn!("job names an unknown callback; dropping it");

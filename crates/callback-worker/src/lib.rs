@@ -166,6 +166,9 @@ impl CallbackWorker {
             egress,
             retry: config.retry_policy(),
             limiter: HostLimiter::new(config.callback_concurrency_per_host),
+            // RabbitMQ allows `limit` + 1 deliveries; the worker gives up on
+            // the last one itself, so the row gets a final state.
+            give_up_after: config.broker.queue_delivery_limit,
         };
         let settings = ConsumerSettings {
             amqp_url: config.broker.amqp_url.clone(),
@@ -178,6 +181,7 @@ impl CallbackWorker {
             prefetch: config.callback_concurrency,
             shutdown_deadline: config.shutdown_deadline,
             requeue_delay: Duration::from_secs(2),
+            hold_on_failure: Duration::from_secs(60),
         };
 
         let admin = tokio::spawn(attache_telemetry::serve_admin(

@@ -88,6 +88,9 @@ error_codes! {
     EgressUnavailable => ("egress_unavailable", true),
     /// Writing to Attaché's own attachment store failed.
     StorageFailed => ("storage_failed", true),
+    /// Attaché's workers failed to process the job several times in a row
+    /// (crashes or timeouts), so it was given up.
+    ProcessingFailed => ("processing_failed", false),
 }
 
 impl fmt::Display for ErrorCode {
@@ -123,7 +126,7 @@ mod tests {
                 "server_error",
                 "checksum_mismatch",
                 "egress_unavailable",
-                "storage_failed"
+                "storage_failed",
             ]
         );
     }

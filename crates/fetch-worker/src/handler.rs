@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use attache_domain::{AttachmentRef, ErrorCode, FetchJob, JobMessage, Provider, RetryPolicy};
-use attache_queue::{Disposition, Handler};
+use attache_queue::{DeadLetterReason, Disposition, Handler, Incoming};
 use attache_store::fetches::{FetchAttempt, FetchResult, FetchTarget, Recorded};
 use attache_store::{Store, StoreError};
 use futures_util::StreamExt;
@@ -30,6 +30,8 @@ pub struct FetchHandler {
     pub attachments: Arc<dyn AttachmentStore>,
     pub retry: RetryPolicy,
     pub max_bytes: u64,
+    /// Deliveries of one message after which the worker gives it up.
+    pub give_up_after: u32,
 }
 
 /// A stored object's facts.
@@ -42,19 +44,19 @@ struct Stored {
 
 #[async_trait]
 impl Handler for FetchHandler {
-    async fn handle(&self, body: &[u8]) -> Disposition {
-        let job = match JobMessage::decode(body) {
+    async fn handle(&self, incoming: Incoming<'_>) -> Disposition {
+        let job = match JobMessage::decode(incoming.body) {
             Ok(JobMessage::Fetch(job)) => job,
             Ok(other) => {
                 tracing::error!(
                     ?other,
                     "a non-fetch job reached the fetch queue; dead-lettering it"
                 );
-                return Disposition::DeadLetter;
+                return Disposition::DeadLetter(DeadLetterReason::Undecodable);
             }
             Err(error) => {
                 tracing::error!(%error, "undecodable fetch message; dead-lettering it");
-                return Disposition::DeadLetter;
+                return Disposition::DeadLetter(DeadLetterReason::Undecodable);
             }
         };
         let span = tracing::info_span!(
@@ -63,6 +65,12 @@ impl Handler for FetchHandler {
             attempt = job.attempt,
             task_id = tracing::field::Empty,
         );
+        if incoming.redeliveries >= self.give_up_after {
+            return match self.give_up(job).instrument(span).await {
+                Ok(()) => Disposition::DeadLetter(DeadLetterReason::DeliveryLimit),
+                Err(_) => Disposition::Requeue,
+            };
+        }
         match self.process(job).instrument(span).await {
             Ok(()) => Disposition::Ack,
             Err(error) => {
@@ -74,6 +82,37 @@ impl Handler for FetchHandler {
 }
 
 impl FetchHandler {
+    /// Fails the attachment for good after its job was delivered too often,
+    /// which means it keeps crashing or outliving workers; the message then
+    /// goes to the dead-letter queue for an operator to inspect.
+    async fn give_up(&self, job: FetchJob) -> Result<(), StoreError> {
+        let Some(target) = self.store.fetch_target(job.attachment_id).await? else {
+            return Ok(());
+        };
+        if target.status.is_final() {
+            return Ok(());
+        }
+        tracing::error!(
+            redeliveries = self.give_up_after,
+            "fetch job delivered too often; failing the attachment"
+        );
+        FETCHES
+            .with_label_values(&["unknown", "failed", ErrorCode::ProcessingFailed.as_str()])
+            .inc();
+        self.store
+            .record_fetch(&FetchAttempt {
+                attachment_id: target.attachment_id,
+                attempt: target.attempts,
+                egress_member: None,
+                result: FetchResult::Failed {
+                    code: ErrorCode::ProcessingFailed,
+                    message: "processing this attachment failed repeatedly; contact support with its attachment id".to_owned(),
+                },
+            })
+            .await?;
+        Ok(())
+    }
+
     async fn process(&self, job: FetchJob) -> Result<(), StoreError> {
         let Some(target) = self.store.fetch_target(job.attachment_id).await? else {
             tracing::warn!("job names an unknown attachment; dropping it");

@@ -168,6 +168,9 @@ impl FetchWorker {
             attachments: Arc::new(LocalDirStore::new(config.store_dir.clone())),
             retry: config.retry_policy(),
             max_bytes: config.max_attachment_bytes,
+            // RabbitMQ allows `limit` + 1 deliveries; the worker gives up on
+            // the last one itself, so the row gets a final state.
+            give_up_after: config.broker.queue_delivery_limit,
         };
         let settings = ConsumerSettings {
             amqp_url: config.broker.amqp_url.clone(),
@@ -180,6 +183,7 @@ impl FetchWorker {
             prefetch: config.fetch_concurrency,
             shutdown_deadline: config.shutdown_deadline,
             requeue_delay: Duration::from_secs(2),
+            hold_on_failure: Duration::from_secs(60),
         };
 
         let admin = tokio::spawn(attache_telemetry::serve_admin(

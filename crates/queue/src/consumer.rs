@@ -40,15 +40,42 @@ pub enum Disposition {
     /// that keeps failing ends in the dead-letter queue instead of looping.
     Requeue,
     /// Reject without requeue, which routes the message to the dead-letter
-    /// queue, because it can never be processed (for example, it cannot be
-    /// decoded).
-    DeadLetter,
+    /// queue, because it can never be processed. The reason labels the
+    /// `attache_jobs_dead_lettered_total` metric.
+    DeadLetter(DeadLetterReason),
 }
 
-/// A worker's job logic, called once per delivery with the message body.
+/// Why a worker dead-lettered a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// The body is not a job this build can read.
+    Undecodable,
+    /// The message was delivered so often (crashes, timeouts, outages) that
+    /// the worker gave up on it and recorded a final state.
+    DeliveryLimit,
+}
+
+impl DeadLetterReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Undecodable => "undecodable",
+            Self::DeliveryLimit => "delivery_limit",
+        }
+    }
+}
+
+/// One delivery as a handler sees it.
+pub struct Incoming<'a> {
+    pub body: &'a [u8],
+    /// Earlier deliveries of this message, from the quorum queue's
+    /// `x-delivery-count` header; 0 on the first delivery.
+    pub redeliveries: u32,
+}
+
+/// A worker's job logic, called once per delivery.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
-    async fn handle(&self, body: &[u8]) -> Disposition;
+    async fn handle(&self, incoming: Incoming<'_>) -> Disposition;
 }
 
 /// Consumer settings of one worker.
@@ -67,6 +94,9 @@ pub struct ConsumerSettings {
     /// Pause before requeueing, so an outage of our own database does not
     /// spend a message's delivery limit in a tight loop.
     pub requeue_delay: Duration,
+    /// How long a delivery whose handler hit an infrastructure failure is
+    /// held and retried before it is returned to the queue.
+    pub hold_on_failure: Duration,
 }
 
 /// The reason a consumer stopped before shutdown.
@@ -139,7 +169,13 @@ async fn consume(
         tokio::select! {
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
-                    in_flight.spawn(settle(delivery, handler.clone(), settings.kind, settings.requeue_delay));
+                    in_flight.spawn(settle(
+                        delivery,
+                        handler.clone(),
+                        settings.kind,
+                        settings.requeue_delay,
+                        settings.hold_on_failure,
+                    ));
                 }
                 Some(Err(error)) => break Err(error.into()),
                 None => break Err(ConsumeError::Cancelled),
@@ -198,13 +234,29 @@ async fn settle(
     handler: Arc<dyn Handler>,
     kind: QueueKind,
     requeue_delay: Duration,
+    hold_on_failure: Duration,
 ) {
     let queue = kind.as_str();
     CONSUMED.with_label_values(&[queue]).inc();
+    let incoming = || Incoming {
+        body: &delivery.data,
+        redeliveries: redeliveries(&delivery),
+    };
     let disposition = {
         // The guard also counts down when shutdown aborts this task.
         let _in_flight = InFlight::enter(queue);
-        handler.handle(&delivery.data).await
+        let mut disposition = handler.handle(incoming()).await;
+        // Our own database failing is usually brief: hold the message and
+        // try again with back-off, so an outage does not spend its delivery
+        // limit, and return it to the queue only after `hold_on_failure`.
+        let started = tokio::time::Instant::now();
+        let mut delay = requeue_delay.min(Duration::from_millis(500));
+        while disposition == Disposition::Requeue && started.elapsed() < hold_on_failure {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+            disposition = handler.handle(incoming()).await;
+        }
+        disposition
     };
     let settled = match disposition {
         Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
@@ -213,9 +265,9 @@ async fn settle(
             tokio::time::sleep(requeue_delay).await;
             delivery.reject(BasicRejectOptions { requeue: true }).await
         }
-        Disposition::DeadLetter => {
+        Disposition::DeadLetter(reason) => {
             DEAD_LETTERED
-                .with_label_values(&[queue, "undecodable"])
+                .with_label_values(&[queue, reason.as_str()])
                 .inc();
             delivery.reject(BasicRejectOptions { requeue: false }).await
         }
@@ -231,6 +283,28 @@ async fn settle(
             tracing::warn!(%error, ?disposition, "failed to settle a delivery, so the job will be redelivered")
         }
     }
+}
+
+/// Reads the quorum queue's `x-delivery-count` header: the number of
+/// earlier deliveries, absent on the first.
+fn redeliveries(delivery: &Delivery) -> u32 {
+    use lapin::types::AMQPValue;
+    let value = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get("x-delivery-count").cloned());
+    let count = match value {
+        Some(AMQPValue::LongLongInt(count)) => count,
+        Some(AMQPValue::LongInt(count)) => i64::from(count),
+        Some(AMQPValue::LongUInt(count)) => i64::from(count),
+        Some(AMQPValue::ShortInt(count)) => i64::from(count),
+        Some(AMQPValue::ShortUInt(count)) => i64::from(count),
+        Some(AMQPValue::ShortShortInt(count)) => i64::from(count),
+        Some(AMQPValue::ShortShortUInt(count)) => i64::from(count),
+        _ => 0,
+    };
+    u32::try_from(count).unwrap_or(0)
 }
 
 /// Guard that counts one delivery in `attache_jobs_in_flight` until dropped.

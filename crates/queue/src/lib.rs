@@ -17,7 +17,9 @@ mod publisher;
 mod topology;
 
 pub use connect::connect;
-pub use consumer::{ConsumerSettings, Disposition, Handler, run_consumer};
+pub use consumer::{
+    ConsumerSettings, DeadLetterReason, Disposition, Handler, Incoming, run_consumer,
+};
 pub use publisher::{PublishError, Publisher};
 pub use topology::{QueueKind, Topology};
 
