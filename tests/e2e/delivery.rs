@@ -205,3 +205,49 @@ async fn callback_redirects_are_not_followed() {
     assert_eq!(row.get::<_, Option<i32>>(1), Some(302));
     deployment.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicate_callback_job_sends_once() {
+    let deployment = Deployment::start(Options::default()).await;
+    let source = Source::start([("a.txt", SourceFile::new("a", "text/plain"))]).await;
+    let receiver = Receiver::start_slow([], Duration::from_millis(1500)).await;
+    one_file_task(&deployment, &receiver, &source).await;
+
+    // While the first POST is in flight, a copy of its job arrives, as
+    // after a relay crash between the broker's confirm and its commit.
+    let database = deployment.database().await;
+    let callback_id: uuid::Uuid =
+        eventually(Duration::from_secs(10), "the callback row", || async {
+            let row = database
+                .query_opt(
+                    "SELECT id FROM callbacks WHERE lease_until IS NOT NULL",
+                    &[],
+                )
+                .await
+                .unwrap()?;
+            Some(row.get(0))
+        })
+        .await;
+    let job = attache_domain::JobMessage::Callback(attache_domain::CallbackJob {
+        callback_id: callback_id.into(),
+        attempt: 0,
+    });
+    database
+        .execute(
+            "INSERT INTO outbox (kind, payload) VALUES ('callback', $1)",
+            &[&job.to_json()],
+        )
+        .await
+        .unwrap();
+
+    receiver.wait_for(1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(receiver.received().len(), 1, "the copy did not POST again");
+    let attempts: i64 = database
+        .query_one("SELECT count(*) FROM callback_attempts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 1);
+    deployment.stop().await;
+}

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use attache_domain::{CallbackJob, JobMessage, RetryPolicy};
 use attache_egress::{Egress, SendError};
 use attache_queue::{DeadLetterReason, Disposition, Handler, Incoming};
-use attache_store::callbacks::{Delivery, DeliveryAttempt, DeliveryResult};
+use attache_store::callbacks::{Claim, Delivery, DeliveryAttempt, DeliveryResult};
 use attache_store::{Store, StoreError};
 use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
@@ -29,6 +29,9 @@ pub struct CallbackHandler {
     pub limiter: HostLimiter,
     /// Deliveries of one message after which the worker gives it up.
     pub give_up_after: u32,
+    /// How long a claimed attempt is reserved for this worker: longer than
+    /// the request timeout.
+    pub lease: Duration,
 }
 
 /// What one POST produced.
@@ -133,6 +136,28 @@ impl CallbackHandler {
                 .postpone_delivery(job.callback_id, job.attempt, POSTPONE_DELAY)
                 .await;
         };
+
+        match self
+            .store
+            .claim_delivery(job.callback_id, job.attempt, self.lease)
+            .await?
+        {
+            Claim::Claimed => {}
+            Claim::Stale => {
+                ATTEMPTS.with_label_values(&["stale"]).inc();
+                return Ok(());
+            }
+            // Another copy of this job is being sent. If that worker dies,
+            // this copy takes over once the lease has expired.
+            Claim::Held { until } => {
+                let wait = (until - chrono::Utc::now()).to_std().unwrap_or_default();
+                ATTEMPTS.with_label_values(&["postponed"]).inc();
+                return self
+                    .store
+                    .postpone_delivery(job.callback_id, job.attempt, wait + POSTPONE_DELAY)
+                    .await;
+            }
+        }
 
         let started = Instant::now();
         let sent = self.send(&delivery).await;

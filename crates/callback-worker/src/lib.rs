@@ -169,6 +169,7 @@ impl CallbackWorker {
             // RabbitMQ allows `limit` + 1 deliveries; the worker gives up on
             // the last one itself, so the row gets a final state.
             give_up_after: config.broker.queue_delivery_limit,
+            lease: config.callback_timeout + Duration::from_secs(10),
         };
         let settings = ConsumerSettings {
             amqp_url: config.broker.amqp_url.clone(),

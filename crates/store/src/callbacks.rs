@@ -31,6 +31,17 @@ pub struct Delivery {
     pub retry_window_start: DateTime<Utc>,
 }
 
+/// The result of claiming a delivery attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This worker may send the attempt.
+    Claimed,
+    /// Another worker holds the attempt until this time.
+    Held { until: DateTime<Utc> },
+    /// The callback is final or at a later attempt.
+    Stale,
+}
+
 /// The outcome of one delivery attempt.
 #[derive(Clone, Debug)]
 pub enum DeliveryResult {
@@ -84,6 +95,41 @@ impl Store {
         }))
     }
 
+    /// Claims attempt `attempt` of a pending callback for `lease`, so no
+    /// other worker sends it meanwhile.
+    pub async fn claim_delivery(
+        &self,
+        callback_id: CallbackId,
+        attempt: u32,
+        lease: Duration,
+    ) -> Result<Claim> {
+        let client = self.pool.get().await?;
+        let claimed = client
+            .execute(
+                "UPDATE callbacks SET lease_until = now() + make_interval(secs => $3)
+                 WHERE id = $1 AND status = 'pending' AND attempts = $2
+                   AND (lease_until IS NULL OR lease_until <= now())",
+                &[&callback_id.0, &(attempt as i32), &lease.as_secs_f64()],
+            )
+            .await?;
+        if claimed == 1 {
+            return Ok(Claim::Claimed);
+        }
+        let row = client
+            .query_opt(
+                "SELECT lease_until FROM callbacks
+                 WHERE id = $1 AND status = 'pending' AND attempts = $2 AND lease_until > now()",
+                &[&callback_id.0, &(attempt as i32)],
+            )
+            .await?;
+        Ok(match row {
+            Some(row) => Claim::Held {
+                until: row.get("lease_until"),
+            },
+            None => Claim::Stale,
+        })
+    }
+
     /// Records one delivery attempt, and schedules the next one on
     /// [`DeliveryResult::Retry`]. Returns `false`, and changes nothing, when
     /// the callback is no longer pending at this attempt number.
@@ -100,7 +146,7 @@ impl Store {
             .execute(
                 "UPDATE callbacks SET status = $3, attempts = attempts + 1,
                      last_status_code = $4, last_error = $5, egress_member = $6,
-                     last_attempt_at = now(),
+                     last_attempt_at = now(), lease_until = NULL,
                      delivered_at = CASE WHEN $3 = 'delivered' THEN now() END
                  WHERE id = $1 AND status = 'pending' AND attempts = $2",
                 &[

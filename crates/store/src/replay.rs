@@ -88,7 +88,7 @@ impl Store {
         let rows = tx
             .query(
                 "UPDATE callbacks c
-                 SET status = 'pending', attempts = 0, last_error = NULL,
+                 SET status = 'pending', attempts = 0, last_error = NULL, lease_until = NULL,
                      retry_window_start = now(), replays = c.replays + 1
                  FROM tasks t
                  WHERE t.id = c.task_id AND c.status = 'dead'

@@ -34,6 +34,8 @@ struct Shared {
     received: Arc<Mutex<Vec<ReceivedCallback>>>,
     /// Statuses to respond with, in order. Later requests get 204.
     plan: Arc<Mutex<VecDeque<StatusCode>>>,
+    /// How long each response takes.
+    delay: Duration,
 }
 
 /// A running callback receiver on a loopback port.
@@ -46,9 +48,15 @@ impl Receiver {
     /// Starts a receiver that responds with the statuses in `plan`, in
     /// order, and with 204 after that.
     pub async fn start(plan: impl IntoIterator<Item = StatusCode>) -> Self {
+        Self::start_slow(plan, Duration::ZERO).await
+    }
+
+    /// Starts a receiver that takes `delay` to answer each request.
+    pub async fn start_slow(plan: impl IntoIterator<Item = StatusCode>, delay: Duration) -> Self {
         let shared = Shared {
             received: Arc::default(),
             plan: Arc::new(Mutex::new(plan.into_iter().collect())),
+            delay,
         };
         let router = Router::new()
             .route("/hooks", post(receive))
@@ -84,6 +92,7 @@ impl Receiver {
 }
 
 async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: String) -> StatusCode {
+    tokio::time::sleep(shared.delay).await;
     let header = |name: &str| {
         headers
             .get(name)
