@@ -35,6 +35,11 @@ async fn invalid_request_error_names_field() {
         (json!({"callback_url": "http://127.0.0.1:9/h", "attachments": [{"uri": "http://127.0.0.1:9/a"}], "metadata": [1]}).to_string(), StatusCode::BAD_REQUEST, "invalid_request", Some("metadata")),
         (json!({"callback_url": "http://127.0.0.1:9/h", "attachments": [{"uri": "http://127.0.0.1:9/a"}], "callback": "x"}).to_string(), StatusCode::BAD_REQUEST, "unknown_field", Some("callback")),
         (format!("{{\"callback_url\": \"{}\"}}", "x".repeat(70 * 1024)), StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", None),
+        (json!({"callback_url": "http:///hooks", "attachments": [{"uri": "http://127.0.0.1:9/a"}]}).to_string(), StatusCode::BAD_REQUEST, "invalid_callback_url", Some("callback_url")),
+        (json!({"callback_url": "http://127.0.0.1:0/hooks", "attachments": [{"uri": "http://127.0.0.1:9/a"}]}).to_string(), StatusCode::BAD_REQUEST, "invalid_callback_url", Some("callback_url")),
+        (json!({"callback_url": "http://127.0.0.1:9/hooks\u{0}", "attachments": [{"uri": "http://127.0.0.1:9/a"}]}).to_string(), StatusCode::BAD_REQUEST, "invalid_callback_url", Some("callback_url")),
+        (json!({"callback_url": "http://127.0.0.1:9/hooks", "attachments": [{"uri": "http://127.0.0.1:9/a"}], "metadata": {"a": "x\u{0}y"}}).to_string(), StatusCode::BAD_REQUEST, "invalid_request", Some("metadata")),
+        (json!({"callback_url": "http://127.0.0.1:9/hooks", "attachments": [{"uri": "http://127.0.0.1:9/a"}], "metadata": {"k\u{0}": 1}}).to_string(), StatusCode::BAD_REQUEST, "invalid_request", Some("metadata")),
     ];
     for (body, status, code, field) in cases {
         let body_start = body.chars().take(120).collect::<String>();
@@ -148,5 +153,64 @@ async fn idempotency_key_replays_original_task() {
         .unwrap()
         .get(0);
     assert_eq!((tasks, attachments), (2, 4));
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversized_body_is_rejected_unread() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let deployment = Deployment::start(Options::default()).await;
+    // Announce a body far over the limit and send none of it: the answer
+    // must come without waiting for the body.
+    let mut stream = tokio::net::TcpStream::connect(deployment.api)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/tasks HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 5000000\r\n\r\n",
+        deployment.api, deployment.team.api_key
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = vec![0; 1024];
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read(&mut response),
+    )
+    .await
+    .expect("the API answers before the body arrives")
+    .unwrap();
+    let response = String::from_utf8_lossy(&response[..read]);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("request_too_large"), "{response}");
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn undecodable_task_id_is_not_found() {
+    let deployment = Deployment::start(Options::default()).await;
+    let (status, error) = deployment
+        .get("/v1/tasks/%FF", &deployment.team.api_key)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error["error"]["code"], "task_not_found");
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotency_ignores_equivalent_spellings() {
+    let deployment = Deployment::start(Options::default()).await;
+    let spellings = [
+        json!({"callback_url": "http://127.0.0.1:9/hooks", "attachments": [{"uri": "http://127.0.0.1:9/a"}]}),
+        json!({"callback_url": "http://127.0.0.1:9/hooks", "attachments": [{"uri": "http://127.0.0.1:9/a"}], "metadata": null}),
+        json!({"callback_url": "HTTP://127.0.0.1:9/hooks", "attachments": [{"uri": "http://127.0.0.1:9/a"}], "metadata": {}}),
+    ];
+    let mut task_ids = Vec::new();
+    for body in &spellings {
+        let (status, accepted) = deployment.submit(body, Some("same-task")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}: {accepted}");
+        task_ids.push(accepted["task_id"].clone());
+    }
+    assert_eq!(task_ids[0], task_ids[1]);
+    assert_eq!(task_ids[0], task_ids[2]);
     deployment.stop().await;
 }

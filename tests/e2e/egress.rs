@@ -21,6 +21,12 @@ const MEMBER_IPS: [&str; 5] = [
     "127.0.0.15",
 ];
 
+/// Ranges that let every literal past the API, so the workers' own guard
+/// is what denies it.
+fn allow_everything() -> Vec<ipnet::IpNet> {
+    vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()]
+}
+
 /// A callback endpoint that records each request's source address.
 struct PeerRecorder {
     addr: SocketAddr,
@@ -119,7 +125,11 @@ async fn callbacks_leave_from_pool_members() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn denied_attachment_destinations_fail_finally() {
-    let deployment = Deployment::start(Options::default()).await;
+    let deployment = Deployment::start(Options {
+        producer_allow_cidrs: allow_everything(),
+        ..Options::default()
+    })
+    .await;
     let receiver = Receiver::start([]).await;
     let (status, _) = deployment
         .submit(
@@ -172,7 +182,11 @@ async fn denied_attachment_destinations_fail_finally() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn denied_callback_destination_is_dead() {
-    let deployment = Deployment::start(Options::default()).await;
+    let deployment = Deployment::start(Options {
+        producer_allow_cidrs: allow_everything(),
+        ..Options::default()
+    })
+    .await;
     let source = Source::start([("a.txt", SourceFile::new("a", "text/plain"))]).await;
     let (status, accepted) = deployment
         .submit(
@@ -246,5 +260,31 @@ async fn unusable_pool_retries_and_sends_nothing() {
     assert_eq!(source.hits("a.txt"), 0, "nothing went out directly");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(receiver.received().is_empty());
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_rejects_denied_literals() {
+    let deployment = Deployment::start(Options::default()).await;
+    let cases = [
+        (
+            json!({"callback_url": "http://169.254.169.254/hook", "attachments": [{"uri": "http://127.0.0.1:9/a"}]}),
+            "callback_url",
+        ),
+        (
+            json!({"callback_url": "http://127.0.0.1:9/hook", "attachments": [{"uri": "http://10.0.0.1/a"}]}),
+            "attachments[0].uri",
+        ),
+        (
+            json!({"callback_url": "http://127.0.0.1:9/hook", "attachments": [{"uri": "http://127.0.0.1:9/a"}, {"uri": "http://[::ffff:192.168.0.1]/b"}]}),
+            "attachments[1].uri",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, error) = deployment.submit(&body, None).await;
+        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{error}");
+        assert_eq!(error["error"]["code"], "destination_forbidden", "{error}");
+        assert_eq!(error["error"]["field"], field, "{error}");
+    }
     deployment.stop().await;
 }

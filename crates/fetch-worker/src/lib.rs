@@ -162,10 +162,21 @@ impl FetchWorker {
                 user_agent: concat!("attache-fetch-worker/", env!("CARGO_PKG_VERSION")).to_owned(),
             },
         )?;
+        let attachment_store = Arc::new(LocalDirStore::new(config.store_dir.clone()));
+        // Uploads older than the longest fetch are abandoned by a killed
+        // worker; a running upload of another replica is younger.
+        let sweeper = attachment_store.clone();
+        let max_age = config.fetch_total_timeout + Duration::from_secs(60);
+        tokio::task::spawn_blocking(move || {
+            let deleted = sweeper.sweep_abandoned(max_age);
+            if deleted > 0 {
+                tracing::info!(deleted, "deleted abandoned temporary uploads");
+            }
+        });
         let handler = FetchHandler {
             store,
             fetchers: Fetchers::new(egress),
-            attachments: Arc::new(LocalDirStore::new(config.store_dir.clone())),
+            attachments: attachment_store.clone(),
             retry: config.retry_policy(),
             max_bytes: config.max_attachment_bytes,
             // RabbitMQ allows `limit` + 1 deliveries; the worker gives up on

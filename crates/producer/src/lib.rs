@@ -34,6 +34,11 @@ pub struct ProducerConfig {
     #[command(flatten)]
     pub relay: relay::RelaySettings,
 
+    /// Address ranges accepted as destinations in spite of their class, as
+    /// for the workers; the API rejects other non-public IP literals.
+    #[arg(long, env = "ATTACHE_EGRESS_ALLOW_CIDRS", value_delimiter = ',')]
+    pub egress_allow_cidrs: Vec<ipnet::IpNet>,
+
     /// Address the task API listens on.
     #[arg(long, env = "ATTACHE_API_ADDR", default_value = "127.0.0.1:8080")]
     pub api_addr: SocketAddr,
@@ -114,7 +119,11 @@ impl Producer {
         ));
 
         tracing::info!(addr = %api.local_addr()?, "task API listening");
-        let router = api::router(api::AppState::new(store, config.limits.clone()));
+        let router = api::router(api::AppState::new(
+            store,
+            config.limits.clone(),
+            attache_egress::guard::DestinationPolicy::new(config.egress_allow_cidrs.clone()),
+        ));
         axum::serve(api, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await?;

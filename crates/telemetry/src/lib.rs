@@ -30,7 +30,14 @@ use tracing_subscriber::EnvFilter;
 /// `info` as the default. Logs go to stderr, keeping stdout for command
 /// output. Calls after the first do nothing, so tests may call it again.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logging_with_default(format, "info");
+}
+
+/// Installs the global log subscriber like [`init_logging`], with
+/// `default_filter` when `RUST_LOG` is unset; tests use `warn`.
+pub fn init_logging_with_default(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

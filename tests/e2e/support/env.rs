@@ -32,6 +32,9 @@ pub struct Options {
     pub limits: Limits,
     /// Egress pool members of both workers; none means direct connections.
     pub egress_members: Vec<MemberSpec>,
+    /// Ranges the producer accepts as destination literals; tests of the
+    /// workers' own guard widen it so a denied URL gets past the API.
+    pub producer_allow_cidrs: Vec<ipnet::IpNet>,
 }
 
 impl Default for Options {
@@ -41,6 +44,7 @@ impl Default for Options {
             fetch_max_attempts: 3,
             callback_max_attempts: 3,
             egress_members: Vec::new(),
+            producer_allow_cidrs: vec!["127.0.0.0/8".parse().expect("a valid range")],
             limits: Limits {
                 max_attachments_per_task: 10,
                 max_metadata_bytes: 1024,
@@ -86,7 +90,7 @@ async fn admin_client(url: &str) -> tokio_postgres::Client {
 impl Deployment {
     /// Starts a deployment and waits until its consumers are attached.
     pub async fn start(options: Options) -> Self {
-        attache_telemetry::init_logging(attache_config::LogFormat::Text);
+        attache_telemetry::init_logging_with_default(attache_config::LogFormat::Text, "warn");
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let database_name = format!("attache_test_{suffix}");
         let admin_url = admin_database_url();
@@ -131,6 +135,7 @@ impl Deployment {
                 relay_batch_size: 100,
                 relay_poll_interval: Duration::from_millis(200),
             },
+            egress_allow_cidrs: options.producer_allow_cidrs.clone(),
             api_addr: loopback,
             admin_addr: loopback,
         })

@@ -134,22 +134,35 @@ fn classify_status(status: StatusCode) -> Option<FetchError> {
 /// Maps a transport error to its error code. The URL is stripped from the
 /// message: its query may be a signature.
 fn classify_error(error: reqwest::Error) -> FetchError {
-    let code = if error.is_timeout() {
-        ErrorCode::Timeout
-    } else if error.is_redirect() {
-        ErrorCode::RedirectRejected
+    let (code, summary) = if error.is_timeout() {
+        (
+            ErrorCode::Timeout,
+            "the source did not respond in time, or stopped sending the body",
+        )
+    } else if error.is_connect() {
+        (
+            ErrorCode::ConnectionFailed,
+            "could not connect to the source: check the host name and that it accepts connections",
+        )
+    } else if error.is_body() || error.is_decode() {
+        (
+            ErrorCode::ConnectionFailed,
+            "the connection broke while the body was read, before it was complete",
+        )
     } else {
-        ErrorCode::ConnectionFailed
+        (
+            ErrorCode::ConnectionFailed,
+            "the request to the source failed",
+        )
     };
+    // The innermost cause is the most specific; the URL is left out because
+    // its query may be a signature.
     let error = error.without_url();
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
+    let mut cause: &dyn std::error::Error = &error;
+    while let Some(source) = cause.source() {
+        cause = source;
     }
-    FetchError::new(code, message)
+    FetchError::new(code, format!("{summary} ({cause})"))
 }
 
 #[cfg(test)]

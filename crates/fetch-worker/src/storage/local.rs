@@ -22,6 +22,42 @@ impl LocalDirStore {
         Self { root }
     }
 
+    /// Deletes temporary files older than `max_age`, which uploads of a
+    /// killed worker leave behind. Younger ones may belong to a running
+    /// upload of another worker that shares the directory. Returns how many
+    /// files were deleted.
+    pub fn sweep_abandoned(&self, max_age: std::time::Duration) -> usize {
+        let mut deleted = 0;
+        let mut directories = vec![self.root.clone()];
+        while let Some(directory) = directories.pop() {
+            let Ok(entries) = std::fs::read_dir(&directory) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(metadata) = entry.metadata() else {
+                    continue;
+                };
+                if metadata.is_dir() {
+                    directories.push(path);
+                    continue;
+                }
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                let old = metadata
+                    .modified()
+                    .ok()
+                    .and_then(|modified| modified.elapsed().ok())
+                    .is_some_and(|age| age > max_age);
+                let abandoned = name.starts_with('.') && name.ends_with(".tmp") && old;
+                if abandoned && std::fs::remove_file(&path).is_ok() {
+                    deleted += 1;
+                }
+            }
+        }
+        deleted
+    }
+
     /// The file an object's key maps to. Keys are built from ids by the
     /// worker, never from customer input, but a key that could leave the
     /// root is refused all the same.
@@ -152,6 +188,29 @@ mod tests {
         upload.write(b"partial").await.unwrap();
         drop(upload);
         assert!(files_under(root.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn sweep_deletes_only_old_temporary_files() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::new(root.path().to_owned());
+        let mut committed = store.begin("t/a").await.unwrap();
+        committed.write(b"kept").await.unwrap();
+        committed.commit().await.unwrap();
+        let abandoned = store.begin("t/b").await.unwrap();
+        // A killed worker never drops its upload.
+        std::mem::forget(abandoned);
+
+        assert_eq!(
+            store.sweep_abandoned(std::time::Duration::from_secs(3600)),
+            0
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(
+            store.sweep_abandoned(std::time::Duration::from_millis(10)),
+            1
+        );
+        assert_eq!(files_under(root.path()), ["t/a"]);
     }
 
     #[tokio::test]

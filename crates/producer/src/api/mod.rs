@@ -13,11 +13,15 @@ mod validate;
 
 use std::sync::Arc;
 
+use attache_egress::guard::DestinationPolicy;
 use attache_store::Store;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::middleware;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use clap::Args;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 pub use validate::MAX_IDEMPOTENCY_KEY_LEN;
 
@@ -75,13 +79,25 @@ pub struct AppState {
 struct Inner {
     store: Store,
     limits: Limits,
+    policy: DestinationPolicy,
 }
 
 impl AppState {
-    pub fn new(store: Store, limits: Limits) -> Self {
+    /// `policy` rejects callback and attachment URLs whose host is a
+    /// non-public IP literal at submission; host names are vetted by the
+    /// workers when they resolve them.
+    pub fn new(store: Store, limits: Limits, policy: DestinationPolicy) -> Self {
         Self {
-            inner: Arc::new(Inner { store, limits }),
+            inner: Arc::new(Inner {
+                store,
+                limits,
+                policy,
+            }),
         }
+    }
+
+    fn policy(&self) -> &DestinationPolicy {
+        &self.inner.policy
     }
 
     fn store(&self) -> &Store {
@@ -91,6 +107,35 @@ impl AppState {
     fn limits(&self) -> &Limits {
         &self.inner.limits
     }
+}
+
+/// Time allowed for a request body to arrive once its headers have.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Answers 413 as soon as a request announces a body over the limit,
+/// before reading any of it.
+async fn reject_oversized(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    let max = state.limits().max_request_bytes;
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > max as u64) {
+        return error::ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!(
+                "the request body is over {max} bytes: send fewer attachments or less metadata"
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Builds the API router. Unknown routes and methods get JSON errors, and
@@ -108,6 +153,13 @@ pub fn router(state: AppState) -> Router {
         .fallback(error::not_found_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        // A client that stops sending its body mid-way gets an error
+        // instead of holding the connection.
+        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            reject_oversized,
+        ))
         .with_state(state)
 }
 
@@ -153,7 +205,11 @@ mod tests {
             database_wait_timeout: std::time::Duration::from_millis(10),
         })
         .expect("building a lazy pool opens no connection");
-        router(AppState::new(store, Limits::default()))
+        router(AppState::new(
+            store,
+            Limits::default(),
+            DestinationPolicy::default(),
+        ))
     }
 
     #[test]

@@ -4,7 +4,7 @@ use attache_domain::{AttachmentId, TaskId, TaskStatus};
 use attache_store::tasks::{Inserted, NewAttachment, NewTask, TaskView};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -50,7 +50,7 @@ pub async fn create(
         }
     })?;
     let idempotency_key = validate::idempotency_key(&headers)?;
-    let request = validate::task_request(&body, state.limits())?;
+    let request = validate::task_request(&body, state.limits(), state.policy())?;
 
     let task = NewTask {
         id: TaskId::new(),
@@ -142,7 +142,7 @@ async fn replay(
 pub async fn get(
     State(state): State<AppState>,
     Caller(team): Caller,
-    Path(task_id): Path<String>,
+    task_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TaskView>, ApiError> {
     let not_found = || {
         ApiError::new(
@@ -151,6 +151,9 @@ pub async fn get(
             "no task with this id belongs to your team: check the id returned when the task was accepted",
         )
         .at("task_id")
+    };
+    let Ok(Path(task_id)) = task_id else {
+        return Err(not_found());
     };
     let task_id: TaskId = task_id.parse().map_err(|_| not_found())?;
     let view = state.store().task_view(team.id, task_id).await?;

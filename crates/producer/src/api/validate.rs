@@ -10,6 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use attache_egress::guard::DestinationPolicy;
+
 use super::Limits;
 use super::error::ApiError;
 
@@ -27,7 +29,11 @@ pub struct TaskRequest {
 }
 
 /// Parses and validates a `POST /v1/tasks` request body.
-pub fn task_request(body: &[u8], limits: &Limits) -> Result<TaskRequest, ApiError> {
+pub fn task_request(
+    body: &[u8],
+    limits: &Limits,
+    policy: &DestinationPolicy,
+) -> Result<TaskRequest, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -55,12 +61,20 @@ pub fn task_request(body: &[u8], limits: &Limits) -> Result<TaskRequest, ApiErro
         ));
     }
 
-    let callback_url = callback_url(object.get("callback_url"))?;
-    let attachments = attachments(object.get("attachments"), limits)?;
+    let callback_url = callback_url(object.get("callback_url"), policy)?;
+    let attachments = attachments(object.get("attachments"), limits, policy)?;
     let metadata = metadata(object.get("metadata"), limits)?;
-    // serde_json's map is ordered by key (the `preserve_order` feature is
-    // off), so requests that differ only in key order serialise alike.
-    let canonical = serde_json::to_vec(&value).expect("a parsed JSON value always serialises");
+    // The hash covers the request as accepted, not as written: key order,
+    // a missing versus empty metadata object and the URL's letter case do
+    // not make a retry look like a new request. serde_json's map is ordered
+    // by key (the `preserve_order` feature is off).
+    let uris: Vec<&str> = attachments.iter().map(|(uri, _)| uri.as_str()).collect();
+    let canonical = serde_json::to_vec(&serde_json::json!({
+        "callback_url": callback_url,
+        "attachments": uris,
+        "metadata": metadata,
+    }))
+    .expect("strings and a parsed JSON value always serialise");
     Ok(TaskRequest {
         callback_url,
         attachments,
@@ -93,7 +107,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
     Ok(Some(key.to_owned()))
 }
 
-fn callback_url(value: Option<&Value>) -> Result<String, ApiError> {
+fn callback_url(value: Option<&Value>, policy: &DestinationPolicy) -> Result<String, ApiError> {
     let field = "callback_url";
     let Some(Value::String(text)) = value else {
         return Err(ApiError::field(
@@ -116,13 +130,32 @@ fn callback_url(value: Option<&Value>) -> Result<String, ApiError> {
             "is longer than {MAX_CALLBACK_URL_LEN} bytes"
         )));
     }
+    if text.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(invalid("contains a space or control character"));
+    }
     let url = url::Url::parse(text).map_err(|error| invalid(&format!("is not a URL ({error})")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(invalid("must use http or https"));
     }
+    // The URL parser reads `http:///x` as host `x`; require the host to
+    // follow `//` as written.
+    let after_scheme = &text[url.scheme().len() + 1..];
+    if !after_scheme.starts_with("//") || after_scheme[2..].starts_with('/') {
+        return Err(invalid("has no host"));
+    }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("has no host"));
     }
+    if url.port() == Some(0) {
+        return Err(invalid("has port 0"));
+    }
+    policy.check_literal(&url).map_err(|denied| {
+        ApiError::field(
+            "destination_forbidden",
+            field,
+            format!("{denied}: give a public address"),
+        )
+    })?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid(
             "must not carry credentials; verify the webhook signature instead",
@@ -134,6 +167,7 @@ fn callback_url(value: Option<&Value>) -> Result<String, ApiError> {
 fn attachments(
     value: Option<&Value>,
     limits: &Limits,
+    policy: &DestinationPolicy,
 ) -> Result<Vec<(String, Provider)>, ApiError> {
     let field = "attachments";
     let Some(Value::Array(items)) = value else {
@@ -162,11 +196,15 @@ fn attachments(
     items
         .iter()
         .enumerate()
-        .map(|(index, item)| attachment(index, item))
+        .map(|(index, item)| attachment(index, item, policy))
         .collect()
 }
 
-fn attachment(index: usize, item: &Value) -> Result<(String, Provider), ApiError> {
+fn attachment(
+    index: usize,
+    item: &Value,
+    policy: &DestinationPolicy,
+) -> Result<(String, Provider), ApiError> {
     let field = format!("attachments[{index}].uri");
     let Value::Object(object) = item else {
         return Err(ApiError::field(
@@ -206,6 +244,15 @@ fn attachment(index: usize, item: &Value) -> Result<(String, Provider), ApiError
             ),
         ));
     }
+    if let AttachmentRef::Http { url } = &reference {
+        policy.check_literal(url).map_err(|denied| {
+            ApiError::field(
+                "destination_forbidden",
+                field.clone(),
+                format!("{denied}: give a public address"),
+            )
+        })?;
+    }
     Ok((uri.clone(), provider))
 }
 
@@ -226,6 +273,13 @@ fn metadata(value: Option<&Value>, limits: &Limits) -> Result<Value, ApiError> {
                 )
                 .at(field));
             }
+            if contains_nul(object) {
+                return Err(ApiError::field(
+                    "invalid_request",
+                    field,
+                    "metadata contains a NUL character (\\u0000), which cannot be stored: remove it",
+                ));
+            }
             Ok(object.clone())
         }
         Some(_) => Err(ApiError::field(
@@ -233,5 +287,18 @@ fn metadata(value: Option<&Value>, limits: &Limits) -> Result<Value, ApiError> {
             field,
             "metadata must be a JSON object, such as {\"ticket\": \"T-1234\"}; omit it if there is none",
         )),
+    }
+}
+
+/// Tells whether any key or string in `value` contains U+0000, which
+/// PostgreSQL's jsonb rejects.
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(object) => object
+            .iter()
+            .any(|(key, value)| key.contains('\0') || contains_nul(value)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
