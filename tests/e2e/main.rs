@@ -11,6 +11,7 @@
 mod api;
 mod delivery;
 mod egress;
+mod metrics;
 mod pipeline;
 mod queues;
 mod replay;

@@ -33,6 +33,22 @@ pub enum AddressClass {
 }
 
 impl AddressClass {
+    /// Every class, for metrics that start each series at zero.
+    pub const ALL: [AddressClass; 12] = [
+        Self::Unspecified,
+        Self::Loopback,
+        Self::Private,
+        Self::CarrierGradeNat,
+        Self::LinkLocal,
+        Self::Broadcast,
+        Self::Multicast,
+        Self::Documentation,
+        Self::Benchmarking,
+        Self::Reserved,
+        Self::UniqueLocal,
+        Self::SiteLocal,
+    ];
+
     /// A short label, also used as a metric label.
     pub fn as_str(self) -> &'static str {
         match self {

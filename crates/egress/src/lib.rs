@@ -150,6 +150,9 @@ impl Egress {
         lookup: Arc<dyn Lookup>,
     ) -> Result<Self, ConfigError> {
         let policy = Arc::new(DestinationPolicy::new(args.egress_allow_cidrs.clone()));
+        for class in guard::AddressClass::ALL {
+            DENIED.with_label_values(&[class.as_str()]).inc_by(0);
+        }
         let mut members = Vec::new();
         for spec in &args.egress_members {
             let (kind, family) = match spec {

@@ -117,7 +117,12 @@ pub struct MemberStatus {
 
 impl Member {
     pub fn new(name: String, kind: MemberKind, client: reqwest::Client) -> Self {
+        // Every series exists from the start, so dashboards show zero rather
+        // than no data for a member that has not failed yet.
         HEALTHY.with_label_values(&[&name]).set(1);
+        REQUESTS.with_label_values(&[&name]).inc_by(0);
+        FAILURES.with_label_values(&[&name]).inc_by(0);
+        IN_FLIGHT.with_label_values(&[&name]).set(0);
         Self {
             name,
             kind,

@@ -117,6 +117,7 @@ pub async fn run_consumer(
     shutdown: CancellationToken,
 ) {
     let queue = settings.topology.work_queue(settings.kind);
+    register_series(settings.kind);
     loop {
         let Some(connection) =
             connect(&settings.amqp_url, &settings.connection_name, &shutdown).await
@@ -282,6 +283,23 @@ async fn settle(
         Err(error) => {
             tracing::warn!(%error, ?disposition, "failed to settle a delivery, so the job will be redelivered")
         }
+    }
+}
+
+/// Creates every series of this job kind at zero, so dashboards and alerts
+/// see zero rather than no data before the first event.
+fn register_series(kind: QueueKind) {
+    let queue = kind.as_str();
+    CONSUMED.with_label_values(&[queue]).inc_by(0);
+    REQUEUED.with_label_values(&[queue]).inc_by(0);
+    IN_FLIGHT.with_label_values(&[queue]).add(0);
+    for reason in [
+        DeadLetterReason::Undecodable,
+        DeadLetterReason::DeliveryLimit,
+    ] {
+        DEAD_LETTERED
+            .with_label_values(&[queue, reason.as_str()])
+            .inc_by(0);
     }
 }
 

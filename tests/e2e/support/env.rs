@@ -57,6 +57,8 @@ impl Default for Options {
 /// A running deployment.
 pub struct Deployment {
     pub api: SocketAddr,
+    /// Admin servers of the producer, fetch-worker and callback-worker.
+    pub admin: [SocketAddr; 3],
     pub http: reqwest::Client,
     pub team: TeamCredentials,
     pub store: Store,
@@ -209,6 +211,7 @@ impl Deployment {
             .expect("a team row");
         Self {
             api,
+            admin: [producer_admin, fetch_admin, callback_admin],
             http,
             team,
             store,
