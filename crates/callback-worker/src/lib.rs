@@ -36,6 +36,10 @@ use crate::limiter::HostLimiter;
 /// The longest delay between two delivery attempts, before jitter.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10 * 3600);
 
+/// How long a delivery is held and retried through a database outage
+/// before it returns to the queue.
+const HOLD_ON_FAILURE: Duration = Duration::from_secs(60);
+
 /// Settings of `attache-callback-worker`.
 #[derive(Args, Clone, Debug)]
 pub struct CallbackWorkerConfig {
@@ -119,6 +123,12 @@ impl CallbackWorker {
             config.callback_max_attempts > 0,
             "--callback-max-attempts must be at least 1"
         );
+        // One request, then up to a minute holding the delivery through a
+        // database outage, plus the database's own wait.
+        attache_queue::check_consumer_timeout(
+            config.callback_timeout + HOLD_ON_FAILURE + config.database.database_wait_timeout,
+            config.broker.broker_consumer_timeout,
+        );
         let store = Store::connect(&config.database)?;
         store.migrate().await?;
         let admin = TcpListener::bind(config.admin_addr).await?;
@@ -182,7 +192,7 @@ impl CallbackWorker {
             prefetch: config.callback_concurrency,
             shutdown_deadline: config.shutdown_deadline,
             requeue_delay: Duration::from_secs(2),
-            hold_on_failure: Duration::from_secs(60),
+            hold_on_failure: HOLD_ON_FAILURE,
         };
 
         let admin = tokio::spawn(attache_telemetry::serve_admin(

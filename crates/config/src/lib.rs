@@ -49,6 +49,12 @@ pub struct BrokerArgs {
     /// that kills its worker cannot loop forever.
     #[arg(long, env = "ATTACHE_QUEUE_DELIVERY_LIMIT", default_value_t = 20)]
     pub queue_delivery_limit: u32,
+
+    /// The broker's `consumer_timeout` (RabbitMQ's default is 30 minutes):
+    /// a delivery left unacknowledged longer closes the worker's channel.
+    /// Workers warn at start when a job could outlive it.
+    #[arg(long, env = "ATTACHE_BROKER_CONSUMER_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub broker_consumer_timeout: Duration,
 }
 
 /// Logging settings.

@@ -38,6 +38,10 @@ use crate::fetcher::Fetchers;
 use crate::handler::FetchHandler;
 use crate::storage::LocalDirStore;
 
+/// How long a delivery is held and retried through a database outage
+/// before it returns to the queue.
+const HOLD_ON_FAILURE: Duration = Duration::from_secs(60);
+
 /// Settings of `attache-fetch-worker`.
 #[derive(Args, Clone, Debug)]
 pub struct FetchWorkerConfig {
@@ -124,6 +128,12 @@ impl FetchWorker {
             config.fetch_max_attempts > 0,
             "--fetch-max-attempts must be at least 1"
         );
+        // One request, then up to a minute holding the delivery through a
+        // database outage, plus the database's own wait.
+        attache_queue::check_consumer_timeout(
+            config.fetch_total_timeout + HOLD_ON_FAILURE + config.database.database_wait_timeout,
+            config.broker.broker_consumer_timeout,
+        );
         let store = Store::connect(&config.database)?;
         store.migrate().await?;
         let admin = TcpListener::bind(config.admin_addr).await?;
@@ -194,7 +204,7 @@ impl FetchWorker {
             prefetch: config.fetch_concurrency,
             shutdown_deadline: config.shutdown_deadline,
             requeue_delay: Duration::from_secs(2),
-            hold_on_failure: Duration::from_secs(60),
+            hold_on_failure: HOLD_ON_FAILURE,
         };
 
         let admin = tokio::spawn(attache_telemetry::serve_admin(

@@ -286,6 +286,22 @@ async fn settle(
     }
 }
 
+/// Logs a warning when a job could stay unacknowledged longer than the
+/// broker's consumer timeout, which would close the channel and redeliver
+/// the job while it still runs. `job_deadline` is the worker's longest job,
+/// including the time a delivery is held through a database outage.
+pub fn check_consumer_timeout(job_deadline: Duration, consumer_timeout: Duration) -> bool {
+    let outlives = job_deadline >= consumer_timeout;
+    if outlives {
+        tracing::warn!(
+            job_deadline = ?job_deadline,
+            consumer_timeout = ?consumer_timeout,
+            "a job could outlive the broker's consumer_timeout: raise consumer_timeout in rabbitmq.conf or shorten the worker's timeouts"
+        );
+    }
+    outlives
+}
+
 /// Creates every series of this job kind at zero, so dashboards and alerts
 /// see zero rather than no data before the first event.
 fn register_series(kind: QueueKind) {
@@ -338,5 +354,18 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         IN_FLIGHT.with_label_values(&[self.0]).dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_timeout_check_flags_long_jobs() {
+        let timeout = Duration::from_secs(1800);
+        assert!(!check_consumer_timeout(Duration::from_secs(700), timeout));
+        assert!(check_consumer_timeout(Duration::from_secs(1800), timeout));
+        assert!(check_consumer_timeout(Duration::from_secs(3600), timeout));
     }
 }

@@ -18,7 +18,8 @@ mod topology;
 
 pub use connect::connect;
 pub use consumer::{
-    ConsumerSettings, DeadLetterReason, Disposition, Handler, Incoming, run_consumer,
+    ConsumerSettings, DeadLetterReason, Disposition, Handler, Incoming, check_consumer_timeout,
+    run_consumer,
 };
 pub use publisher::{PublishError, Publisher};
 pub use topology::{QueueKind, Topology};

@@ -115,6 +115,7 @@ impl Deployment {
             amqp_url: amqp_url(),
             queue_prefix: format!("attache_test_{suffix}"),
             queue_delivery_limit: 5,
+            broker_consumer_timeout: Duration::from_secs(1800),
         };
         let loopback: SocketAddr = "127.0.0.1:0".parse().expect("a valid address");
         // Every source and receiver of the tests listens on loopback, which
