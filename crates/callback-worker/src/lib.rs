@@ -155,7 +155,18 @@ impl CallbackWorker {
             admin,
         } = self;
         let readiness = Readiness::default();
-        readiness.check("database").store(true, Ordering::Relaxed);
+        let database_ready = readiness.check("database");
+        database_ready.store(true, Ordering::Relaxed);
+        let pinger = store.clone();
+        tokio::spawn(attache_telemetry::keep_checking(
+            database_ready,
+            Duration::from_secs(5),
+            shutdown.clone(),
+            move || {
+                let store = pinger.clone();
+                async move { store.ping().await }
+            },
+        ));
         let broker_ready = readiness.check("broker");
 
         let egress = Egress::new(

@@ -98,6 +98,16 @@ impl Producer {
         let readiness = Readiness::default();
         let database_ready = readiness.check("database");
         database_ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        let pinger = store.clone();
+        tokio::spawn(attache_telemetry::keep_checking(
+            database_ready,
+            std::time::Duration::from_secs(5),
+            shutdown.clone(),
+            move || {
+                let store = pinger.clone();
+                async move { store.ping().await }
+            },
+        ));
         let broker_ready = readiness.check("broker");
 
         let topology = Topology::new(

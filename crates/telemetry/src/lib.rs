@@ -6,7 +6,7 @@
 //! - `/healthz` returns 200 while the process serves HTTP.
 //! - `/readyz` returns 200 while every [`Readiness`] check is set, and 503
 //!   with the failing names otherwise. Each binary registers a `database`
-//!   check, set once the store is migrated and not re-checked later, and a
+//!   check, which [`keep_checking`] refreshes every few seconds, and a
 //!   `broker` check, set while its RabbitMQ consumer or publisher is attached.
 //! - `/metrics` encodes the process-wide Prometheus registry, where each
 //!   crate registers its metrics.
@@ -79,6 +79,37 @@ impl Readiness {
             .filter(|(_, flag)| !flag.load(Ordering::Relaxed))
             .map(|(name, _)| *name)
             .collect()
+    }
+}
+
+/// Runs `check` every `interval` until `shutdown` fires and stores whether
+/// it passed in `flag`, so readiness follows a dependency that comes and
+/// goes, such as the database.
+pub async fn keep_checking<F, Fut, E>(
+    flag: Arc<AtomicBool>,
+    interval: std::time::Duration,
+    shutdown: CancellationToken,
+    check: F,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    loop {
+        let passed = match check().await {
+            Ok(()) => true,
+            Err(error) => {
+                if flag.load(Ordering::Relaxed) {
+                    tracing::warn!(%error, "readiness check failed");
+                }
+                false
+            }
+        };
+        flag.store(passed, Ordering::Relaxed);
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shutdown.cancelled() => return,
+        }
     }
 }
 
