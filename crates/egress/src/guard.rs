@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use url::{Host, Url};
 
-/// Why an address is not public.
+/// The class that makes an address non-public.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AddressClass {
     Unspecified,
@@ -74,7 +74,7 @@ impl fmt::Display for AddressClass {
     }
 }
 
-/// A request was refused because its destination is not allowed. The
+/// A request was rejected because its destination is not allowed. The
 /// message names the host as the customer wrote it and the address class,
 /// never an address the customer did not send.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -70,12 +70,12 @@ pub struct EgressArgs {
     pub egress_skip_for: Duration,
 }
 
-/// How one binary's requests behave.
+/// Timeouts, redirects and user agent of one binary's requests.
 #[derive(Clone, Debug)]
 pub struct EgressSettings {
     /// Time allowed to open a TCP (and TLS) connection.
     pub connect_timeout: Duration,
-    /// Longest silence while reading a response.
+    /// Maximum silence while reading a response.
     pub read_timeout: Duration,
     /// Time allowed for a whole request, body included.
     pub total_timeout: Duration,
@@ -98,7 +98,7 @@ pub enum ConfigError {
     },
 }
 
-/// Why a request was not answered.
+/// The reason a request got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// The guard denied the destination; final.
