@@ -25,8 +25,17 @@ build: ## Build the three binaries
 	$(CARGO) build --bins
 
 .PHONY: test
-test: python-env ## Run every test (needs PostgreSQL and RabbitMQ: make services)
+test: python-env ## Run every test, then chaos-small (needs PostgreSQL and RabbitMQ: make services)
 	$(CARGO) test --workspace
+	$(MAKE) --no-print-directory chaos-small
+
+.PHONY: chaos
+chaos: build python-env ## Crash workers and restart the services under 1,000 tasks; check nothing is lost
+	.venv/bin/python scripts/chaos.py --tasks 1000 --rate 20
+
+.PHONY: chaos-small
+chaos-small: build python-env ## The chaos test with 60 tasks and the same faults, about a minute
+	.venv/bin/python scripts/chaos.py --tasks 60 --rate 2
 
 .PHONY: check
 check: ## Formatting, clippy with warnings denied, and docs

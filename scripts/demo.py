@@ -12,7 +12,6 @@ Python. Every server here listens on 127.0.0.1 on a port picked at run time.
 """
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -32,7 +31,7 @@ from attache_demo.examples import (
 )
 from attache_demo.results import Submission, evaluate, print_table
 from attache_demo.servers import CallbackReceiver, FileServer
-from attache_demo.services import Services, free_port
+from attache_demo.services import Services, create_team, start_binaries
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_DIR = REPO / ".run" / "demo"
@@ -100,46 +99,6 @@ def binary_env() -> dict[str, str]:
     return env
 
 
-def create_team(services: Services) -> dict[str, str]:
-    output = services.run(
-        "team-create", "attache-producer", "team", "create", "--name", "demo", "--json"
-    )
-    lines = [line for line in output.splitlines() if line.strip()]
-    try:
-        team = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError) as error:
-        # The output is not shown because it may contain the API key.
-        raise DemoError(
-            f"`attache-producer team create --json` printed no JSON line: {error}"
-        ) from error
-    missing = [key for key in ("team_id", "api_key", "signing_secret") if key not in team]
-    if missing:
-        raise DemoError(f"`attache-producer team create --json` output lacks {', '.join(missing)}")
-    return team
-
-
-def start_binaries(services: Services) -> str:
-    """Start the API and both workers, and return the API's base URL."""
-    api_addr = f"127.0.0.1:{free_port()}"
-    services.start(
-        "producer",
-        "attache-producer",
-        "serve",
-        env={"ATTACHE_API_ADDR": api_addr, "ATTACHE_ADMIN_ADDR": f"127.0.0.1:{free_port()}"},
-    )
-    services.start(
-        "fetch-worker",
-        "attache-fetch-worker",
-        env={"ATTACHE_ADMIN_ADDR": f"127.0.0.1:{free_port()}"},
-    )
-    services.start(
-        "callback-worker",
-        "attache-callback-worker",
-        env={"ATTACHE_ADMIN_ADDR": f"127.0.0.1:{free_port()}"},
-    )
-    return f"http://{api_addr}"
-
-
 def submit_all(
     client: ApiClient, examples: list[Example], files_url: str, callbacks_url: str
 ) -> list[Submission]:
@@ -201,7 +160,7 @@ def run_examples(
         say(f"serving {args.files_dir} at {file_server.url}")
 
         services.run("migrate", "attache-producer", "migrate")
-        team = create_team(services)
+        team = create_team(services, "demo")
         say(f"created team {team['team_id']}")
 
         receiver_log = stack.enter_context(

@@ -4,7 +4,9 @@ It uses only the standard library. Requests never go through a proxy from the
 environment, because every address the demo talks to is on 127.0.0.1.
 """
 
+import http.client
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -63,6 +65,39 @@ class ApiClient:
                 f"POST /v1/tasks returned {status}, expected 202 with a task_id: {body!r}"
             )
         return body
+
+    def submit_task_retrying(
+        self, request: dict[str, Any], idempotency_key: str, timeout: float
+    ) -> tuple[dict[str, Any], int]:
+        """Submit a task as a careful client does, and return the 202 body and the retry count.
+
+        A 503 response, a refused or reset connection, or a timed-out request
+        is retried every 0.5 s with the same Idempotency-Key, as the customer
+        guide recommends, so a retry of a request that was stored returns the
+        original task. Raises DemoError on any other status, or when timeout
+        seconds pass.
+        """
+        headers = {**self.headers, "Idempotency-Key": idempotency_key}
+        deadline = time.monotonic() + timeout
+        retries = 0
+        while True:
+            try:
+                status, body = request_json("POST", f"{self.base_url}/v1/tasks", request, headers)
+                failure = f"status {status}: {body!r}"
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+                status, body = None, None
+                failure = f"{type(error).__name__}: {error}"
+            if status == 202 and isinstance(body, dict) and "task_id" in body:
+                return body, retries
+            if status not in (None, 503):
+                raise DemoError(f"POST /v1/tasks returned {failure}, expected 202 with a task_id")
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"POST /v1/tasks with Idempotency-Key {idempotency_key} still failed"
+                    f" after {timeout:.0f} s, last with {failure}"
+                )
+            retries += 1
+            time.sleep(0.5)
 
     def get_task(self, task_id: str) -> dict[str, Any]:
         status, body = request_json(

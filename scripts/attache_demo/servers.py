@@ -4,12 +4,19 @@
 Paths under /private/ return 403, so an example can show access_denied.
 `CallbackReceiver` plays the customer's callback endpoint. It verifies each
 request with the `standardwebhooks` library, records it either way, and
-responds with 204 when the signature is valid and 400 when it is not.
+responds with 204 when the signature is valid and 400 when it is not. Given a
+`reject_first` predicate, it responds with 503 to the first valid request of
+each webhook id that the predicate selects, as a customer endpoint that is
+briefly down would. Given `respond_after`, it waits that many seconds after
+recording a request before it responds, as an endpoint that does some work
+would, so a sender can die between the two.
 """
 
 import json
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from http import HTTPStatus
@@ -52,6 +59,11 @@ class _LoggingServer(ThreadingHTTPServer):
             self.log.write(f"{time.strftime('%H:%M:%S')} {line}\n")
             self.log.flush()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log a failed request in one line, such as a client that closed its connection."""
+        error = sys.exc_info()[1]
+        self.write_log(f"{client_address[0]} request failed: {type(error).__name__}: {error}")
+
 
 class _FileHandler(SimpleHTTPRequestHandler):
     server: _LoggingServer
@@ -83,6 +95,13 @@ class Callback:
     verified: bool
     error: str | None
     payload: Any
+    # The HTTP status the receiver responded with.
+    status: int
+
+    @property
+    def acknowledged(self) -> bool:
+        """Whether the receiver responded with 2xx, which ends delivery for the sender."""
+        return 200 <= self.status < 300
 
     @property
     def example_name(self) -> str:
@@ -96,7 +115,13 @@ class _CallbackHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = self.headers.get("Content-Length")
         if length is None:
-            self.server.record(self.path, {}, "", "request has no Content-Length header")
+            self.server.record(
+                self.path,
+                {},
+                "",
+                HTTPStatus.LENGTH_REQUIRED,
+                "request has no Content-Length header",
+            )
             self.send_response(HTTPStatus.LENGTH_REQUIRED)
             self.end_headers()
             return
@@ -104,7 +129,8 @@ class _CallbackHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(length))
         headers = {name: self.headers.get(name, "") for name in WEBHOOK_HEADERS}
         callback = self.server.verify_and_record(self.path, headers, body)
-        self.send_response(HTTPStatus.NO_CONTENT if callback.verified else HTTPStatus.BAD_REQUEST)
+        time.sleep(self.server.respond_after)
+        self.send_response(callback.status)
         self.end_headers()
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -114,10 +140,20 @@ class _CallbackHandler(BaseHTTPRequestHandler):
 class CallbackReceiver(_LoggingServer):
     """Receives and verifies Standard Webhooks callbacks signed with one secret."""
 
-    def __init__(self, secret: str, log: TextIO, record_path: Path) -> None:
+    def __init__(
+        self,
+        secret: str,
+        log: TextIO,
+        record_path: Path,
+        reject_first: Callable[[str], bool] | None = None,
+        respond_after: float = 0.0,
+    ) -> None:
         super().__init__(_CallbackHandler, log)
         self.webhook = Webhook(secret)
         self.record_path = record_path
+        self.reject_first = reject_first
+        self.respond_after = respond_after
+        self.rejected_ids: set[str] = set()
         self.callbacks: list[Callback] = []
         self.changed = threading.Condition()
 
@@ -127,19 +163,45 @@ class CallbackReceiver(_LoggingServer):
         try:
             payload = self.webhook.verify(body, headers)
         except (WebhookVerificationError, json.JSONDecodeError) as error:
-            return self.record(path, headers, text, f"{type(error).__name__}: {error}")
-        return self.record(path, headers, text, None, payload)
+            return self.record(
+                path, headers, text, HTTPStatus.BAD_REQUEST, f"{type(error).__name__}: {error}"
+            )
+        status = HTTPStatus.NO_CONTENT
+        if self.rejects_first_request(headers["webhook-id"]):
+            status = HTTPStatus.SERVICE_UNAVAILABLE
+        return self.record(path, headers, text, status, None, payload)
+
+    def rejects_first_request(self, webhook_id: str) -> bool:
+        """Tell whether this request is the first of a webhook id that `reject_first` selects."""
+        if self.reject_first is None or not self.reject_first(webhook_id):
+            return False
+        with self.changed:
+            if webhook_id in self.rejected_ids:
+                return False
+            self.rejected_ids.add(webhook_id)
+            return True
 
     def record(
-        self, path: str, headers: dict[str, str], body: str, error: str | None, payload: Any = None
+        self,
+        path: str,
+        headers: dict[str, str],
+        body: str,
+        status: int,
+        error: str | None,
+        payload: Any = None,
     ) -> Callback:
-        callback = Callback(path, headers, body, error is None, error, payload)
+        callback = Callback(path, headers, body, error is None, error, payload, int(status))
         with self.changed:
             self.callbacks.append(callback)
             with self.record_path.open("a", encoding="utf-8") as file:
                 file.write(json.dumps(asdict(callback)) + "\n")
             self.changed.notify_all()
         return callback
+
+    def received(self) -> list[Callback]:
+        """Return every request received so far, oldest first."""
+        with self.changed:
+            return list(self.callbacks)
 
     def received_for(self, example_name: str) -> list[Callback]:
         """Return every callback received so far on the example's path, oldest first."""

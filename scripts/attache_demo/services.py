@@ -2,14 +2,18 @@
 
 `Services` starts the long-running binaries, polls their /readyz, and stops
 them with SIGTERM, then SIGKILL after a grace period. It writes each pid to
-RUN_DIR/NAME.pid while the process runs, so scripts/demo.sh can still stop
-it if this Python process dies first.
+RUN_DIR/NAME.pid while the process runs, so scripts/demo.sh, or
+`stop_leftovers` in the next run, can still stop it if this Python process
+dies first. `kill_and_restart` plays a crash: SIGKILL to one binary by pid,
+then the same command again.
 """
 
+import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -46,6 +50,10 @@ class Service:
     log_path: Path
     pid_path: Path
     admin_url: str
+    # The command line and the variables added to the shared environment,
+    # to start the binary again after a kill.
+    command: list[str]
+    extra_env: dict[str, str]
 
 
 class Services:
@@ -57,6 +65,9 @@ class Services:
         self.env = env
         self.running: list[Service] = []
         self.log_paths: list[Path] = []
+        # Held while a binary is replaced, so `exited` never reports a
+        # binary that `kill_and_restart` killed on purpose.
+        self.lock = threading.Lock()
 
     def binary(self, name: str) -> str:
         path = self.target_dir / name
@@ -97,14 +108,22 @@ class Services:
 
     def start(self, name: str, binary: str, *args: str, env: dict[str, str]) -> Service:
         """Start a long-running binary. env must set its ATTACHE_ADMIN_ADDR."""
+        command = [self.binary(binary), *args]
+        with self.lock:
+            service = self._spawn(name, command, env)
+            self.running.append(service)
+        return service
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> Service:
         log_path = self.run_dir / f"{name}.log"
         pid_path = self.run_dir / f"{name}.pid"
-        self.log_paths.append(log_path)
+        if log_path not in self.log_paths:
+            self.log_paths.append(log_path)
         with log_path.open("ab") as log:
             # A new session keeps a Ctrl-C in the terminal from reaching the
             # binaries directly, so only `stop_all` signals them.
             process = subprocess.Popen(
-                [self.binary(binary), *args],
+                command,
                 env={**self.env, **env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -112,22 +131,47 @@ class Services:
                 start_new_session=True,
             )
         pid_path.write_text(f"{process.pid}\n")
-        service = Service(name, process, log_path, pid_path, f"http://{env['ATTACHE_ADMIN_ADDR']}")
-        self.running.append(service)
-        return service
+        admin_url = f"http://{env['ATTACHE_ADMIN_ADDR']}"
+        return Service(name, process, log_path, pid_path, admin_url, command, env)
+
+    def kill_and_restart(self, name: str) -> tuple[int, int]:
+        """Send SIGKILL to the running binary called name, start it again, return both pids.
+
+        The new process gets the same command, environment, log file and admin
+        address. Raises DemoError when no binary of that name is running.
+        """
+        with self.lock:
+            old = next((s for s in self.running if s.name == name), None)
+            if old is None or old.process.poll() is not None:
+                raise DemoError(f"cannot kill {name}: it is not running")
+            old.process.kill()
+            old.process.wait()
+            with old.log_path.open("a", encoding="utf-8") as log:
+                log.write(f"\n===== chaos: SIGKILL to pid {old.process.pid}, restarting =====\n")
+            new = self._spawn(name, old.command, old.extra_env)
+            self.running[self.running.index(old)] = new
+        return old.process.pid, new.process.pid
+
+    def find(self, name: str) -> Service | None:
+        """Return the running binary called name, if any."""
+        with self.lock:
+            return next((s for s in self.running if s.name == name), None)
 
     def exited(self) -> list[str]:
         """Return a message for each started binary that has exited on its own."""
-        return [
-            f"{service.name} exited with status {service.process.returncode}"
-            for service in self.running
-            if service.process.poll() is not None
-        ]
+        with self.lock:
+            return [
+                f"{service.name} (pid {service.process.pid}) exited with status"
+                f" {service.process.returncode}"
+                for service in self.running
+                if service.process.poll() is not None
+            ]
 
     def wait_ready(self, timeout: float) -> None:
         """Poll each binary's /readyz until it returns status 200 or timeout seconds pass."""
         deadline = time.monotonic() + timeout
-        waiting = list(self.running)
+        with self.lock:
+            waiting = list(self.running)
         while waiting:
             if problems := self.exited():
                 raise DemoError("; ".join(problems))
@@ -144,6 +188,10 @@ class Services:
         status other than 0 after SIGTERM. A binary that had already exited is
         left to `exited`.
         """
+        with self.lock:
+            return self._stop_all(grace)
+
+    def _stop_all(self, grace: float) -> list[str]:
         signalled = [service for service in self.running if service.process.poll() is None]
         for service in signalled:
             service.process.send_signal(signal.SIGTERM)
@@ -172,3 +220,87 @@ class Services:
             for path in self.log_paths
             if path.exists() and path.stat().st_size > 0
         )
+
+
+def create_team(services: Services, name: str) -> dict[str, str]:
+    """Create a team with `attache-producer team create` and return its ids and secrets."""
+    output = services.run(
+        "team-create", "attache-producer", "team", "create", "--name", name, "--json"
+    )
+    lines = [line for line in output.splitlines() if line.strip()]
+    try:
+        team = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError) as error:
+        # The output is not shown because it may contain the API key.
+        raise DemoError(
+            f"`attache-producer team create --json` printed no JSON line: {error}"
+        ) from error
+    missing = [key for key in ("team_id", "api_key", "signing_secret") if key not in team]
+    if missing:
+        raise DemoError(f"`attache-producer team create --json` output lacks {', '.join(missing)}")
+    return team
+
+
+def start_binaries(services: Services) -> str:
+    """Start the API and both workers, and return the API's base URL."""
+    api_addr = f"127.0.0.1:{free_port()}"
+    services.start(
+        "producer",
+        "attache-producer",
+        "serve",
+        env={"ATTACHE_API_ADDR": api_addr, "ATTACHE_ADMIN_ADDR": f"127.0.0.1:{free_port()}"},
+    )
+    services.start(
+        "fetch-worker",
+        "attache-fetch-worker",
+        env={"ATTACHE_ADMIN_ADDR": f"127.0.0.1:{free_port()}"},
+    )
+    services.start(
+        "callback-worker",
+        "attache-callback-worker",
+        env={"ATTACHE_ADMIN_ADDR": f"127.0.0.1:{free_port()}"},
+    )
+    return f"http://{api_addr}"
+
+
+def stop_leftovers(run_dir: Path, grace: float = 10.0) -> list[str]:
+    """Stop the binaries that an earlier run left running, found by their pid files.
+
+    Only a process whose command line names an Attaché binary is signalled,
+    because the pid may have been reused since the file was written. Returns
+    one line per binary stopped.
+    """
+    stopped = []
+    for pid_path in sorted(run_dir.glob("*.pid")):
+        try:
+            pid = int(pid_path.read_text().strip())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            command = b""
+        if b"attache-" in command:
+            _terminate(pid, grace)
+            stopped.append(f"stopped {pid_path.stem} (pid {pid}) left by an earlier run")
+        pid_path.unlink(missing_ok=True)
+    return stopped
+
+
+def _terminate(pid: int, grace: float) -> None:
+    """Send SIGTERM to pid, then SIGKILL if it still runs after grace seconds."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return
+        # A zombie has exited; its parent, an earlier run, is gone.
+        if state == "Z":
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
