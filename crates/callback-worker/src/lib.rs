@@ -130,7 +130,9 @@ impl CallbackWorker {
             config.broker.broker_consumer_timeout,
         );
         let store = Store::connect(&config.database)?;
-        store.migrate().await?;
+        store
+            .migrate_with_retry(std::time::Duration::from_secs(120))
+            .await?;
         let admin = TcpListener::bind(config.admin_addr).await?;
         Ok(Self {
             config,

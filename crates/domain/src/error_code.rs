@@ -91,6 +91,14 @@ error_codes! {
     /// Attaché's workers failed to process the job several times in a row
     /// (crashes or timeouts), so it was given up.
     ProcessingFailed => ("processing_failed", false),
+    /// The team's role could not be assumed: its trust policy does not name
+    /// Attaché's account with the team's External ID.
+    AssumeRoleDenied => ("assume_role_denied", false),
+    /// The bucket is in another region than the one it was asked in, even
+    /// after one retry in the region S3 named.
+    WrongRegion => ("wrong_region", false),
+    /// Temporary credentials expired during the request.
+    ExpiredCredentials => ("expired_credentials", true),
 }
 
 impl fmt::Display for ErrorCode {
@@ -127,6 +135,7 @@ mod tests {
                 "checksum_mismatch",
                 "egress_unavailable",
                 "storage_failed",
+                "expired_credentials",
             ]
         );
     }

@@ -165,7 +165,7 @@ impl FetchHandler {
         };
         let provider = reference.provider();
         let (Some(access), Some(fetcher)) = (
-            access::resolve(target.team_id, provider),
+            access::resolve(target, provider, self.fetchers.aws_enabled()),
             self.fetchers.get(provider),
         ) else {
             let error = FetchError::new(
@@ -179,6 +179,7 @@ impl FetchHandler {
             team_id: target.team_id,
             access,
             max_bytes: self.max_bytes,
+            bucket_owners: &target.aws.bucket_owners,
         };
         let opened = fetcher.open(&request).await;
         let stored = match opened.object {

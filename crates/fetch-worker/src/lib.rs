@@ -51,6 +51,8 @@ pub struct FetchWorkerConfig {
     pub broker: BrokerArgs,
     #[command(flatten)]
     pub egress: EgressArgs,
+    #[command(flatten)]
+    pub aws: attache_aws::AwsArgs,
 
     /// Address of the admin server (/healthz, /readyz, /metrics).
     #[arg(long, env = "ATTACHE_ADMIN_ADDR", default_value = "127.0.0.1:9081")]
@@ -135,7 +137,9 @@ impl FetchWorker {
             config.broker.broker_consumer_timeout,
         );
         let store = Store::connect(&config.database)?;
-        store.migrate().await?;
+        store
+            .migrate_with_retry(std::time::Duration::from_secs(120))
+            .await?;
         let admin = TcpListener::bind(config.admin_addr).await?;
         Ok(Self {
             config,
@@ -183,6 +187,11 @@ impl FetchWorker {
                 user_agent: concat!("attache-fetch-worker/", env!("CARGO_PKG_VERSION")).to_owned(),
             },
         )?;
+        let aws = if config.aws.enabled() {
+            Some(Arc::new(attache_aws::Aws::new(&config.aws).await))
+        } else {
+            None
+        };
         let attachment_store = Arc::new(LocalDirStore::new(config.store_dir.clone()));
         // Uploads older than the longest fetch are abandoned by a killed
         // worker; a running upload of another replica is younger.
@@ -196,7 +205,7 @@ impl FetchWorker {
         });
         let handler = FetchHandler {
             store,
-            fetchers: Fetchers::new(egress),
+            fetchers: Fetchers::new(egress, aws),
             attachments: attachment_store.clone(),
             retry: config.retry_policy(),
             max_bytes: config.max_attachment_bytes,

@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the task API and relay queued jobs to RabbitMQ.
-    Serve(ProducerConfig),
+    Serve(Box<ProducerConfig>),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
     /// Manage teams.

@@ -33,6 +33,8 @@ pub struct ProducerConfig {
     pub limits: api::Limits,
     #[command(flatten)]
     pub relay: relay::RelaySettings,
+    #[command(flatten)]
+    pub aws: attache_aws::AwsArgs,
 
     /// Address ranges accepted as destinations in spite of their class, as
     /// for the workers; the API rejects other non-public IP literals.
@@ -60,7 +62,9 @@ impl Producer {
     /// Binds both listeners, connects to PostgreSQL and migrates it.
     pub async fn bind(config: ProducerConfig) -> anyhow::Result<Self> {
         let store = Store::connect(&config.database)?;
-        store.migrate().await?;
+        store
+            .migrate_with_retry(std::time::Duration::from_secs(120))
+            .await?;
         let api = TcpListener::bind(config.api_addr).await?;
         let admin = TcpListener::bind(config.admin_addr).await?;
         Ok(Self {
@@ -129,11 +133,17 @@ impl Producer {
         ));
 
         tracing::info!(addr = %api.local_addr()?, "task API listening");
-        let router = api::router(api::AppState::new(
+        let mut state = api::AppState::new(
             store,
             config.limits.clone(),
             attache_egress::guard::DestinationPolicy::new(config.egress_allow_cidrs.clone()),
-        ));
+        );
+        if config.aws.enabled() {
+            state = state.with_aws(std::sync::Arc::new(
+                attache_aws::Aws::new(&config.aws).await,
+            ));
+        }
+        let router = api::router(state);
         axum::serve(api, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await?;

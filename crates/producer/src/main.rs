@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(config) => {
             let shutdown = CancellationToken::new();
             tokio::spawn(attache_telemetry::cancel_on_signal(shutdown.clone()));
-            attache_producer::Producer::bind(config)
+            attache_producer::Producer::bind(*config)
                 .await?
                 .run(shutdown)
                 .await

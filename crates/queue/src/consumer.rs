@@ -3,9 +3,12 @@
 //! Each worker process uses one connection and one channel, with prefetch
 //! equal to the worker's concurrency. Each delivery runs in its own task, so
 //! up to `prefetch` jobs are in flight. The loop reconnects after any
-//! connection or channel loss. The broker redelivers unacknowledged
-//! deliveries, and handlers are idempotent, so no job is lost and none takes
-//! effect twice.
+//! connection or channel loss, after letting in-flight jobs finish and
+//! commit. The broker redelivers unacknowledged deliveries and handlers skip
+//! jobs whose outcome is already recorded, so no job is lost. An outcome
+//! outside our database cannot be undone: a worker killed after a callback
+//! POST but before recording it sends the callback again, which is why
+//! callbacks are delivered at least once.
 //!
 //! On shutdown the consumer is cancelled first, so no new delivery arrives,
 //! then in-flight jobs get until the deadline to finish and acknowledge.
@@ -194,6 +197,21 @@ async fn consume(
         )
         .await;
         let _ = channel.close(200, "shutting down".into()).await;
+    } else {
+        // The channel is gone, so these jobs cannot be acknowledged, but a
+        // job that already sent its callback must still record it, or the
+        // redelivery would send it again. Let them finish and commit.
+        let pending = in_flight.len();
+        let finished = tokio::time::timeout(settings.shutdown_deadline, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                pending,
+                "in-flight jobs outlived the connection loss; aborting them"
+            );
+        }
     }
     result
 }

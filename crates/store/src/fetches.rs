@@ -33,6 +33,8 @@ pub struct FetchTarget {
     /// Start of the current retry window; the retry policy's age limit
     /// counts from here.
     pub retry_window_start: DateTime<Utc>,
+    /// The team's AWS settings, which decide how `s3://` objects are read.
+    pub aws: crate::integrations::AwsIntegration,
 }
 
 /// The outcome of one fetch attempt.
@@ -102,8 +104,11 @@ impl Store {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT a.id, a.task_id, t.team_id, a.uri, a.status, a.attempts, a.retry_window_start
+                "SELECT a.id, a.task_id, t.team_id, a.uri, a.status, a.attempts, a.retry_window_start,
+                        team.aws_external_id, team.aws_account_id, team.aws_linked_at,
+                        team.aws_bucket_owners
                  FROM attachments a JOIN tasks t ON t.id = a.task_id
+                 JOIN teams team ON team.id = t.team_id
                  WHERE a.id = $1",
                 &[&attachment_id.0],
             )
@@ -117,6 +122,12 @@ impl Store {
             status: parse_column("attachments.status", row.get("status"))?,
             attempts: row.get::<_, i32>("attempts") as u32,
             retry_window_start: row.get("retry_window_start"),
+            aws: crate::integrations::AwsIntegration {
+                external_id: row.get("aws_external_id"),
+                account_id: row.get("aws_account_id"),
+                linked_at: row.get("aws_linked_at"),
+                bucket_owners: row.get("aws_bucket_owners"),
+            },
         }))
     }
 

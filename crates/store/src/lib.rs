@@ -13,10 +13,12 @@
 //! - [`callbacks`]: what a callback-worker loads and records per attempt.
 //! - [`outbox`]: jobs waiting to be published, and the notification that
 //!   wakes the relay.
+//! - [`integrations`]: teams' cloud storage settings, such as AWS delegation.
 //! - [`replay`]: queueing failed attachments and dead callbacks again.
 
 pub mod callbacks;
 pub mod fetches;
+pub mod integrations;
 pub mod outbox;
 pub mod replay;
 pub mod tasks;
@@ -116,6 +118,27 @@ impl Store {
             );
         }
         Ok(())
+    }
+
+    /// Applies migrations, retrying with back-off while PostgreSQL cannot
+    /// be reached, for up to `max_wait`; a binary started during a database
+    /// restart or failover waits instead of exiting.
+    pub async fn migrate_with_retry(&self, max_wait: Duration) -> Result<()> {
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match self.migrate().await {
+                Ok(()) => return Ok(()),
+                Err(error @ (StoreError::Pool(_) | StoreError::Postgres(_)))
+                    if started.elapsed() + delay < max_wait =>
+                {
+                    tracing::warn!(%error, retry_in = ?delay, "database not reachable at start, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Runs `SELECT 1` to check that the database responds.

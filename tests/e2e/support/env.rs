@@ -35,6 +35,8 @@ pub struct Options {
     /// Ranges the producer accepts as destination literals; tests of the
     /// workers' own guard widen it so a denied URL gets past the API.
     pub producer_allow_cidrs: Vec<ipnet::IpNet>,
+    /// AWS settings of the producer and fetch-worker; disabled by default.
+    pub aws: attache_aws::AwsArgs,
 }
 
 impl Default for Options {
@@ -45,6 +47,7 @@ impl Default for Options {
             callback_max_attempts: 3,
             egress_members: Vec::new(),
             producer_allow_cidrs: vec!["127.0.0.0/8".parse().expect("a valid range")],
+            aws: attache_aws::AwsArgs::default(),
             limits: Limits {
                 max_attachments_per_task: 10,
                 max_metadata_bytes: 1024,
@@ -139,6 +142,7 @@ impl Deployment {
                 relay_poll_interval: Duration::from_millis(200),
             },
             egress_allow_cidrs: options.producer_allow_cidrs.clone(),
+            aws: options.aws.clone(),
             api_addr: loopback,
             admin_addr: loopback,
         })
@@ -150,6 +154,7 @@ impl Deployment {
             database: database.clone(),
             broker: broker.clone(),
             egress: egress.clone(),
+            aws: options.aws.clone(),
             admin_addr: loopback,
             fetch_concurrency: 8,
             store_dir: store_dir.path().to_owned(),

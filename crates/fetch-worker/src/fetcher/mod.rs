@@ -5,6 +5,7 @@
 //! hashing it, so size limits and digests work the same for every provider.
 
 mod http;
+mod s3;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use futures_util::stream::BoxStream;
 use crate::access::AccessPath;
 
 pub use http::HttpFetcher;
+pub use s3::S3Fetcher;
 
 /// A classified fetch failure. The code decides retry or final; the message
 /// is shown to the customer, so it never carries a signed query string.
@@ -52,6 +54,9 @@ pub struct FetchRequest<'a> {
     pub access: AccessPath,
     /// Objects announced larger than this fail before their body is read.
     pub max_bytes: u64,
+    /// Accounts the team's S3 buckets may belong to; empty when the team
+    /// registered none.
+    pub bucket_owners: &'a [String],
 }
 
 /// An opened object.
@@ -79,11 +84,20 @@ pub struct Fetchers {
 }
 
 impl Fetchers {
-    /// The fetchers of a deployment whose plain HTTP goes through `egress`.
-    pub fn new(egress: Egress) -> Self {
+    /// The fetchers of a deployment whose plain HTTP goes through `egress`,
+    /// with S3 when `aws` is configured.
+    pub fn new(egress: Egress, aws: Option<Arc<attache_aws::Aws>>) -> Self {
         let mut by_provider: HashMap<Provider, Arc<dyn Fetcher>> = HashMap::new();
         by_provider.insert(Provider::Http, Arc::new(HttpFetcher::new(egress)));
+        if let Some(aws) = aws {
+            by_provider.insert(Provider::S3, Arc::new(S3Fetcher::new(aws)));
+        }
         Self { by_provider }
+    }
+
+    /// Tells whether `s3://` attachments can be fetched.
+    pub fn aws_enabled(&self) -> bool {
+        self.by_provider.contains_key(&Provider::S3)
     }
 
     /// The fetcher for `provider`, if this deployment has one.

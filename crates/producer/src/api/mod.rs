@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod error;
+mod integrations;
 pub mod replays;
 mod tasks;
 mod validate;
@@ -33,6 +34,8 @@ pub mod paths {
     pub const TASKS: &str = "/v1/tasks";
     pub const TASK: &str = "/v1/tasks/{task_id}";
     pub const REPLAYS: &str = "/v1/replays";
+    pub const AWS: &str = "/v1/integrations/aws";
+    pub const AWS_VERIFY: &str = "/v1/integrations/aws/verify";
     pub const OPENAPI: &str = "/v1/openapi.json";
 
     /// Every (method, path) pair the router serves.
@@ -40,6 +43,10 @@ pub mod paths {
         ("post", TASKS),
         ("get", TASK),
         ("post", REPLAYS),
+        ("get", AWS),
+        ("put", AWS),
+        ("delete", AWS),
+        ("post", AWS_VERIFY),
         ("get", OPENAPI),
     ];
 }
@@ -80,6 +87,7 @@ struct Inner {
     store: Store,
     limits: Limits,
     policy: DestinationPolicy,
+    aws: Option<Arc<attache_aws::Aws>>,
 }
 
 impl AppState {
@@ -92,8 +100,26 @@ impl AppState {
                 store,
                 limits,
                 policy,
+                aws: None,
             }),
         }
+    }
+
+    /// Enables `s3://` attachments and the AWS integration routes.
+    pub fn with_aws(self, aws: Arc<attache_aws::Aws>) -> Self {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
+            unreachable!("with_aws is called while building, before the state is shared")
+        });
+        Self {
+            inner: Arc::new(Inner {
+                aws: Some(aws),
+                ..inner
+            }),
+        }
+    }
+
+    fn aws(&self) -> Option<&Arc<attache_aws::Aws>> {
+        self.inner.aws.as_ref()
     }
 
     fn policy(&self) -> &DestinationPolicy {
@@ -146,6 +172,13 @@ pub fn router(state: AppState) -> Router {
         .route(paths::TASKS, post(tasks::create))
         .route(paths::TASK, get(tasks::get))
         .route(paths::REPLAYS, post(replays::create))
+        .route(
+            paths::AWS,
+            get(integrations::show)
+                .put(integrations::link)
+                .delete(integrations::unlink),
+        )
+        .route(paths::AWS_VERIFY, post(integrations::verify))
         .route(
             paths::OPENAPI,
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),

@@ -50,7 +50,8 @@ pub async fn create(
         }
     })?;
     let idempotency_key = validate::idempotency_key(&headers)?;
-    let request = validate::task_request(&body, state.limits(), state.policy())?;
+    let request =
+        validate::task_request(&body, state.limits(), state.policy(), state.aws().is_some())?;
 
     let task = NewTask {
         id: TaskId::new(),

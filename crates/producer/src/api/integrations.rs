@@ -1,0 +1,272 @@
+//! `/v1/integrations/aws`: a team's delegated S3 access.
+//!
+//! GET shows what the team needs to set up (our account, the role name,
+//! its External ID, ready-to-paste policies). PUT activates delegation for
+//! the team's account after checking the role (see
+//! `attache_aws::integration`); DELETE deactivates it. POST `/verify` runs a
+//! fetch's access path for one `s3://` URI without storing anything.
+
+use std::sync::Arc;
+
+use attache_aws::integration::{
+    LinkError, generate_external_id, permission_policy, validate_account_id,
+};
+use attache_aws::{AssumeError, Aws, Identity};
+use attache_domain::AttachmentRef;
+use attache_store::teams::Team;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::ApiError;
+
+/// The bucket placeholder in the sample permission policy.
+const BUCKET_PLACEHOLDER: &str = "YOUR-BUCKET";
+
+fn aws(state: &AppState) -> Result<&Arc<Aws>, ApiError> {
+    state.aws().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "integration_not_configured",
+            "this deployment has no AWS account configured, so s3:// attachments and AWS settings are unavailable: ask the operator to set ATTACHE_AWS_ACCOUNT_ID",
+        )
+    })
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    Caller(team): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let aws = aws(&state)?;
+    Ok(Json(settings(&state, aws, &team).await?))
+}
+
+pub async fn link(
+    State(state): State<AppState>,
+    Caller(team): Caller,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let aws = aws(&state)?;
+    let (account_id, owners) = parse_link(&body)?;
+    let external_id = state
+        .store()
+        .ensure_aws_external_id(team.id, &generate_external_id())
+        .await?;
+    aws.check_link(&account_id, &external_id)
+        .await
+        .map_err(|error| {
+            let status = match error {
+                LinkError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            ApiError::new(status, "aws_link_failed", error.to_string()).at("account_id")
+        })?;
+    state
+        .store()
+        .link_aws(team.id, &account_id, &owners)
+        .await?;
+    tracing::info!(team_id = %team.id, "AWS delegated access activated");
+    Ok(Json(settings(&state, aws, &team).await?))
+}
+
+pub async fn unlink(
+    State(state): State<AppState>,
+    Caller(team): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let aws = aws(&state)?;
+    state.store().unlink_aws(team.id).await?;
+    tracing::info!(team_id = %team.id, "AWS delegated access deactivated");
+    Ok(Json(settings(&state, aws, &team).await?))
+}
+
+pub async fn verify(
+    State(state): State<AppState>,
+    Caller(team): Caller,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let aws = aws(&state)?;
+    let (bucket, key) = parse_verify(&body)?;
+    let integration = state.store().aws_integration(team.id).await?;
+    let delegation = match (
+        &integration.linked_at,
+        &integration.account_id,
+        &integration.external_id,
+    ) {
+        (Some(_), Some(account_id), Some(external_id)) => {
+            Some((account_id.as_str(), external_id.as_str()))
+        }
+        _ => None,
+    };
+    let mut steps = Vec::new();
+    let access_path = if delegation.is_some() {
+        "delegated"
+    } else {
+        "cross_account"
+    };
+
+    let identity = match aws.identity(delegation).await {
+        Ok(identity) => identity,
+        Err(error) => {
+            let (detail, fix) = match error {
+                AssumeError::Denied(detail) => (
+                    detail,
+                    format!(
+                        "the role's trust policy must name {} and require your External ID",
+                        aws.principal_arn()
+                    ),
+                ),
+                AssumeError::Unavailable(detail) => (detail, "try again in a minute".to_owned()),
+            };
+            steps.push(json!({"step": "assume_role", "ok": false, "detail": detail, "fix": fix}));
+            return Ok(Json(
+                json!({"uri": format!("s3://{bucket}/{key}"), "access_path": access_path, "ok": false, "steps": steps}),
+            ));
+        }
+    };
+    match &identity {
+        Identity::Role { role_arn, .. } => steps.push(json!({"step": "assume_role", "ok": true, "detail": format!("assumed {role_arn}")})),
+        Identity::Own => steps.push(json!({"step": "assume_role", "ok": true, "detail": "not needed: without delegated access, Attaché's own identity reads the object (cross-account)"})),
+    }
+    let ok = match aws
+        .get_object(&identity, &bucket, &key, &integration.bucket_owners)
+        .await
+    {
+        Ok(object) => {
+            let detail = format!(
+                "readable: {} bytes, content type {}",
+                object
+                    .content_length
+                    .map_or("unknown".to_owned(), |length| length.to_string()),
+                object.content_type.as_deref().unwrap_or("unknown")
+            );
+            steps.push(json!({"step": "get_object", "ok": true, "detail": detail}));
+            true
+        }
+        Err(error) => {
+            steps.push(json!({"step": "get_object", "ok": false, "code": error.code.as_str(), "detail": error.message}));
+            false
+        }
+    };
+    Ok(Json(
+        json!({"uri": format!("s3://{bucket}/{key}"), "access_path": access_path, "ok": ok, "steps": steps}),
+    ))
+}
+
+/// The team's settings as GET, PUT and DELETE return them.
+async fn settings(state: &AppState, aws: &Aws, team: &Team) -> Result<Value, ApiError> {
+    let external_id = state
+        .store()
+        .ensure_aws_external_id(team.id, &generate_external_id())
+        .await?;
+    let integration = state.store().aws_integration(team.id).await?;
+    let (our_account_id, role_name) = aws.account_and_role();
+    Ok(json!({
+        "our_account_id": our_account_id,
+        "role_name": role_name,
+        "principal_arn": aws.principal_arn(),
+        "external_id": external_id,
+        "account_id": integration.account_id,
+        "role_arn": integration.account_id.as_deref().map(|account| aws.role_arn(account)),
+        "delegated_access_active": integration.linked_at.is_some(),
+        "linked_at": integration.linked_at,
+        "bucket_owner_account_ids": integration.bucket_owners,
+        "trust_policy": aws.trust_policy(&external_id),
+        "permission_policy": permission_policy(BUCKET_PLACEHOLDER),
+    }))
+}
+
+fn object(body: &[u8], fields: &[&str]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON ({error})"),
+        )
+    })?;
+    let Value::Object(object) = value else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the body must be a JSON object",
+        ));
+    };
+    if let Some(unknown) = object.keys().find(|key| !fields.contains(&key.as_str())) {
+        return Err(ApiError::field(
+            "unknown_field",
+            unknown.clone(),
+            format!(
+                "`{unknown}` is not a field here: the fields are {}",
+                fields.join(", ")
+            ),
+        ));
+    }
+    Ok(object)
+}
+
+fn parse_link(body: &[u8]) -> Result<(String, Vec<String>), ApiError> {
+    let object = object(body, &["account_id", "bucket_owner_account_ids"])?;
+    let Some(Value::String(account_id)) = object.get("account_id") else {
+        return Err(ApiError::field(
+            "invalid_request",
+            "account_id",
+            "account_id is required: your 12-digit AWS account ID, as a string",
+        ));
+    };
+    validate_account_id(account_id)
+        .map_err(|message| ApiError::field("invalid_request", "account_id", message))?;
+    let owners = match object.get("bucket_owner_account_ids") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| {
+                let field = format!("bucket_owner_account_ids[{index}]");
+                let text = item.as_str().ok_or_else(|| {
+                    ApiError::field(
+                        "invalid_request",
+                        field.clone(),
+                        "each bucket owner must be a 12-digit account ID string",
+                    )
+                })?;
+                validate_account_id(text)
+                    .map_err(|message| ApiError::field("invalid_request", field, message))?;
+                Ok(text.to_owned())
+            })
+            .collect::<Result<_, ApiError>>()?,
+        Some(_) => {
+            return Err(ApiError::field(
+                "invalid_request",
+                "bucket_owner_account_ids",
+                "bucket_owner_account_ids must be a list of 12-digit account IDs",
+            ));
+        }
+    };
+    Ok((account_id.clone(), owners))
+}
+
+fn parse_verify(body: &[u8]) -> Result<(String, String), ApiError> {
+    let object = object(body, &["uri"])?;
+    let Some(Value::String(uri)) = object.get("uri") else {
+        return Err(ApiError::field(
+            "invalid_request",
+            "uri",
+            "uri is required: an s3://bucket/key URI",
+        ));
+    };
+    match AttachmentRef::parse(uri) {
+        Ok(AttachmentRef::S3 { bucket, key, .. }) => Ok((bucket, key)),
+        Ok(other) => Err(ApiError::field(
+            "invalid_uri",
+            "uri",
+            format!(
+                "this checks S3 access, but the URI is a {} URI: give an s3://bucket/key URI",
+                other.provider()
+            ),
+        )),
+        Err(error) => Err(ApiError::field("invalid_uri", "uri", error.message())),
+    }
+}
