@@ -18,16 +18,17 @@ header:
 - a third account that owns `attache-vendor-readable`. Only the vendor
   user's own policy grants reading it, because moto 5.2.5 does not treat a
   bucket policy as a grant. A bucket policy that allows a named principal
-  also makes moto answer unsigned reads with 500, so the bucket has none.
+  also makes moto respond to unsigned reads with 500, so the bucket has none.
 
-Every bucket holds the same object keys: keys with spaces, `+`, `%`, `%2F`,
-`é` in NFC and in NFD, `a//b`, a leading `/`, and a 1 MiB object. Each body
-is derived from its bucket's name, so a read from the wrong bucket shows up
-as a wrong digest. The script reads every object back before it turns on
-enforcement (`POST /moto-api/reset-auth`), after which moto accepts only
-the access keys that its IAM API created.
+Every bucket contains the same object keys: keys with spaces, `+`, `%`, `%2F`,
+`é` in NFC and in NFD, `a//b`, a leading `/`, and an object of 1 MiB and
+1 byte (see OBJECT_KEYS for their labels). Each body is derived from its
+bucket's name, so a read from the wrong bucket shows up as a wrong digest.
+The script reads every object back before it turns on enforcement
+(`POST /moto-api/reset-auth`), after which moto accepts only the access
+keys that its IAM API created.
 
-It prints one JSON object on stdout:
+On success it prints one JSON object on stdout and exits 0:
 
     {"endpoint": ..., "region": "us-east-1",
      "vendor": {"account_id", "user_arn", "access_key_id", "secret_access_key"},
@@ -43,10 +44,15 @@ the vendor user's own policy limits what the user can read. moto evaluates
 a role's trust policy only when the role is in the caller's own account, so
 it does not check the External ID or the principal of these cross-account
 roles. It ignores `x-amz-expected-bucket-owner`.
+
+Exit status 1: moto rejected a request or could not be reached. Exit status
+2: moto is older than 5.2.5, the endpoint is not on loopback, or moto
+altered an object or a key.
 """
 
 import argparse
 import hashlib
+import importlib.metadata
 import ipaddress
 import json
 import os
@@ -74,6 +80,11 @@ THIRD_PARTY_ACCOUNT = "333333333333"
 ROLE_NAME = "AttacheReader"
 VENDOR_USER = "attache-vendor"
 
+# moto 5.2.1 rejects the SigV4 signature of keys with `%`, `+` or non-ASCII
+# characters once enforcement is on, but 5.2.5 accepts them. Releases in
+# between were not tried.
+OLDEST_WORKING_MOTO = (5, 2, 5)
+
 # moto accepts any credentials until enforcement is on.
 SET_UP_ACCESS_KEY = "testing"
 SET_UP_SECRET_KEY = "testing"
@@ -82,7 +93,15 @@ SET_UP_SECRET_KEY = "testing"
 # chunk boundary.
 LARGE_OBJECT_SIZE = 1024 * 1024 + 1
 
-# Labels the tests use, mapped to object keys.
+# Bucket labels in the JSON output, mapped to bucket names and owners.
+BUCKETS = {
+    "customer_a": ("attache-customer-a", ACCOUNT_A),
+    "customer_b": ("attache-customer-b", ACCOUNT_B),
+    "vendor_readable": ("attache-vendor-readable", THIRD_PARTY_ACCOUNT),
+    "unreadable": ("attache-unreadable", ACCOUNT_A),
+}
+
+# Object labels in the JSON output, mapped to object keys.
 OBJECT_KEYS = {
     "space": "reports/q3 summary.txt",
     "plus": "reports/a+b.txt",
@@ -97,7 +116,7 @@ OBJECT_KEYS = {
 
 
 class FixtureError(Exception):
-    """A set-up step failed; the message says which and what to do."""
+    """A set-up step or a check of its result failed. The message names which."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -115,9 +134,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--external-id-b",
         required=True,
-        help="External ID that customer B's team is configured with; its role checks none",
+        help="External ID that customer B's team is configured with (B's role checks none)",
     )
     return parser.parse_args(argv)
+
+
+def check_moto_version() -> None:
+    """Raise FixtureError if this interpreter's moto is older than OLDEST_WORKING_MOTO.
+
+    The caller starts moto's server with the same interpreter.
+    """
+    installed = importlib.metadata.version("moto")
+    try:
+        release = tuple(int(part) for part in installed.split(".")[:3])
+    except ValueError:
+        return
+    if release < OLDEST_WORKING_MOTO:
+        raise FixtureError(
+            f"moto {installed} is installed, but the S3 tests need moto 5.2.5 or later: "
+            "run scripts/python-env.sh and use .venv/bin/python"
+        )
 
 
 def check_loopback(endpoint: str) -> None:
@@ -195,7 +231,8 @@ def create_reader_role(
 ) -> str:
     """Create `AttacheReader` in `account_id` and return its ARN.
 
-    With `external_id`, the trust policy requires it; with None, it has no condition.
+    The trust policy requires `external_id` unless it is None, which leaves
+    the policy without a condition.
     """
     trust = {"Effect": "Allow", "Principal": {"AWS": vendor_arn}, "Action": "sts:AssumeRole"}
     if external_id is not None:
@@ -254,12 +291,7 @@ def enable_enforcement(endpoint: str) -> None:
 
 
 def set_up(endpoint: str, external_id_a: str, external_id_b: str) -> dict[str, Any]:
-    buckets = {
-        "customer_a": "attache-customer-a",
-        "customer_b": "attache-customer-b",
-        "vendor_readable": "attache-vendor-readable",
-        "unreadable": "attache-unreadable",
-    }
+    buckets = {label: name for label, (name, _) in BUCKETS.items()}
     vendor = create_vendor(endpoint, buckets["vendor_readable"])
     customers = {
         "a": {
@@ -282,14 +314,8 @@ def set_up(endpoint: str, external_id_a: str, external_id_b: str) -> dict[str, A
         },
     }
 
-    owners = {
-        "customer_a": ACCOUNT_A,
-        "customer_b": ACCOUNT_B,
-        "vendor_readable": THIRD_PARTY_ACCOUNT,
-        "unreadable": ACCOUNT_A,
-    }
     described = {
-        label: create_bucket(endpoint, owners[label], name) for label, name in buckets.items()
+        label: create_bucket(endpoint, owner, name) for label, (name, owner) in BUCKETS.items()
     }
 
     enable_enforcement(endpoint)
@@ -306,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     endpoint = args.endpoint.rstrip("/")
     try:
+        check_moto_version()
         check_loopback(endpoint)
         fixture = set_up(endpoint, args.external_id_a, args.external_id_b)
     except FixtureError as error:
@@ -313,14 +340,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ClientError as error:
         print(
-            f"aws_fixture: error: moto at {endpoint} rejected a set-up request: {error}. "
-            "The script needs a fresh moto process: one it has set up before already "
-            "enforces IAM and holds these names.",
+            f"aws_fixture: error: moto at {endpoint} rejected a set-up request ({error}). "
+            "Run the script against a fresh moto process, because one it has set up "
+            "before already enforces IAM and holds these names.",
             file=sys.stderr,
         )
         return 1
     except (BotoCoreError, urllib.error.URLError) as error:
-        print(f"aws_fixture: error: cannot reach moto at {endpoint}: {error}", file=sys.stderr)
+        message = f"a request to moto at {endpoint} failed: {error}"
+        print(f"aws_fixture: error: {message}", file=sys.stderr)
         return 1
     json.dump(fixture, sys.stdout)
     sys.stdout.write("\n")

@@ -15,4 +15,5 @@ mod metrics;
 mod pipeline;
 mod queues;
 mod replay;
+mod s3;
 mod support;

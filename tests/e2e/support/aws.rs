@@ -3,10 +3,11 @@
 //! and two loopback proxies in front of it.
 //!
 //! moto 5.2.5 evaluates a role's trust policy only when the role is in the
-//! caller's own account, so it accepts any External ID, or none, for the
-//! fixture's cross-account roles. `StsFront` applies AWS's External ID rule
-//! in its place. `RecordingProxy` records the S3 requests that reach moto,
-//! because moto ignores headers such as `x-amz-expected-bucket-owner`.
+//! caller's own account (its IAM access control looks the role up there),
+//! so it accepts any External ID, or none, for the fixture's cross-account
+//! roles. `StsFront` applies AWS's External ID rule in its place.
+//! `RecordingProxy` records the S3 requests that reach moto, because moto
+//! ignores headers such as `x-amz-expected-bucket-owner`.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -24,8 +25,8 @@ use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-/// Largest STS request body that `StsFront` reads; an AssumeRole form is
-/// under 4 KiB.
+/// Largest STS request body that `StsFront` reads, far above the size of
+/// any AssumeRole form.
 const MAX_STS_BODY: usize = 1024 * 1024;
 
 /// A moto server on a loopback port, set up by the fixture script with IAM
@@ -64,7 +65,7 @@ impl Drop for Moto {
 }
 
 /// Starts moto on a free loopback port and runs scripts/aws_fixture.py
-/// against it. Customer A's role requires `external_id_a`; customer B's
+/// against it. Customer A's role requires `external_id_a`. Customer B's
 /// role requires none, and B's team is configured with `external_id_b`.
 /// `ATTACHE_TEST_PYTHON` overrides the interpreter, `.venv/bin/python`.
 pub async fn start_moto(external_id_a: &str, external_id_b: &str) -> Moto {
@@ -106,7 +107,7 @@ pub async fn start_moto(external_id_a: &str, external_id_b: &str) -> Moto {
 }
 
 /// Starts `python -m moto.server` on a free loopback port and waits up to
-/// 30 s for it to answer. On failure, returns the reason and moto's output.
+/// 30 s for it to respond. On failure, returns the reason and moto's output.
 async fn spawn_moto(python: &Path) -> Result<(Child, String), String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -143,7 +144,7 @@ async fn spawn_moto(python: &Path) -> Result<(Child, String), String> {
             return Ok((child, endpoint));
         }
         if tokio::time::Instant::now() >= deadline {
-            break format!("moto on port {port} did not answer within 30 s");
+            break format!("moto on port {port} did not respond within 30 s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -171,9 +172,9 @@ async fn run_fixture(mut command: Command) -> Value {
 }
 
 /// A loopback proxy in front of moto's STS. It rejects an AssumeRole for a
-/// listed role when the form's `ExternalId` is missing or differs from the
-/// listed one, with 403 and AWS's error XML, and forwards every other
-/// request to moto unchanged. A query-string (GET) AssumeRole is not checked.
+/// listed role with 403 and AWS's error XML when the form's `ExternalId` is
+/// missing or differs from the listed one. It forwards every other request
+/// to moto unchanged, including an AssumeRole sent as a GET query string.
 pub struct StsFront {
     addr: SocketAddr,
     shared: Arc<StsShared>,
@@ -253,6 +254,7 @@ pub struct RecordedRequest {
     pub method: Method,
     /// The path as received, still percent-encoded.
     pub path: String,
+    #[allow(dead_code, reason = "kept for tests that check query strings")]
     pub query: Option<String>,
     pub headers: HeaderMap,
 }
@@ -316,8 +318,11 @@ impl Upstream {
         Self { client, endpoint }
     }
 
-    /// Streams the request to moto and moto's response back. The Host header
-    /// is kept, because SigV4 signs it and moto checks the signature.
+    /// Streams the request to moto and moto's response back, without
+    /// hop-by-hop headers. The Host header is kept, because SigV4 signs it
+    /// and moto checks the signature. reqwest adds `accept: */*` to a
+    /// request without an Accept header, which the signature then does not
+    /// cover, so moto's check still passes.
     async fn forward(&self, request: Request) -> Response {
         let (mut parts, body) = request.into_parts();
         let path_and_query = parts
@@ -351,17 +356,19 @@ impl Upstream {
     }
 }
 
-/// Removes the headers that describe one connection rather than the message.
+/// Headers that describe one connection rather than the message.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }

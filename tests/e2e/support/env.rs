@@ -35,6 +35,8 @@ pub struct Options {
     /// Ranges the producer accepts as destination literals; tests of the
     /// workers' own guard widen it so a denied URL gets past the API.
     pub producer_allow_cidrs: Vec<ipnet::IpNet>,
+    /// Fetches in flight per fetch-worker.
+    pub fetch_concurrency: u16,
     /// AWS settings of the producer and fetch-worker; disabled by default.
     pub aws: attache_aws::AwsArgs,
 }
@@ -47,6 +49,7 @@ impl Default for Options {
             callback_max_attempts: 3,
             egress_members: Vec::new(),
             producer_allow_cidrs: vec!["127.0.0.0/8".parse().expect("a valid range")],
+            fetch_concurrency: 8,
             aws: attache_aws::AwsArgs::default(),
             limits: Limits {
                 max_attachments_per_task: 10,
@@ -156,7 +159,7 @@ impl Deployment {
             egress: egress.clone(),
             aws: options.aws.clone(),
             admin_addr: loopback,
-            fetch_concurrency: 8,
+            fetch_concurrency: options.fetch_concurrency,
             store_dir: store_dir.path().to_owned(),
             max_attachment_bytes: options.max_attachment_bytes,
             fetch_connect_timeout: Duration::from_secs(2),

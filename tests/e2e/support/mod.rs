@@ -1,6 +1,7 @@
 //! The test harness: a whole Attaché deployment per test, with loopback
 //! file sources and callback receivers.
 
+pub mod aws;
 mod env;
 mod receiver;
 mod source;
