@@ -6,7 +6,7 @@ CARGO ?= cargo
 
 .PHONY: help
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: demo
 demo: ## Install what is missing, run the whole pipeline on the examples, print the outcome
@@ -25,7 +25,7 @@ build: ## Build the three binaries
 	$(CARGO) build --bins
 
 .PHONY: test
-test: python-env ## Run every test, then chaos-small (needs PostgreSQL and RabbitMQ: make services)
+test: python-env deploy-check ## Run every test, then chaos-small (needs PostgreSQL and RabbitMQ: make services)
 	$(CARGO) test --workspace
 	$(MAKE) --no-print-directory chaos-small
 
@@ -36,6 +36,14 @@ chaos: build python-env ## Crash workers and restart the services under 1,000 ta
 .PHONY: chaos-small
 chaos-small: build python-env ## The chaos test with 60 tasks and the same faults, about a minute
 	.venv/bin/python scripts/chaos.py --tasks 60 --rate 2
+
+.PHONY: deploy-check
+deploy-check: ## Validate deploy/ offline (manifests, alerts, dashboard, Compose); installs promtool for the tests
+	deploy/check.sh
+
+.PHONY: image
+image: ## Build the container image of the three binaries (needs Docker with BuildKit)
+	docker build -f deploy/docker/Dockerfile -t attache:dev .
 
 .PHONY: check
 check: ## Formatting, clippy with warnings denied, and docs
