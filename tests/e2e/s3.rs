@@ -362,3 +362,44 @@ async fn concurrent_fetches_assume_the_role_once() {
     }
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bucket_in_another_region_is_followed() {
+    let world = AwsWorld::start(8).await;
+    let team = world.deployment.create_team("cross-account").await;
+    world.s3.redirect_next_get("eu-west-1");
+    let payload = world
+        .run_task(&team, &[world.uri("vendor_readable", "plus")])
+        .await;
+
+    let attachment = &payload["data"]["attachments"][0];
+    assert_eq!(attachment["status"], "succeeded", "{attachment}");
+    assert_eq!(
+        attachment["sha256"],
+        world.object("vendor_readable", "plus")["sha256"]
+    );
+    let gets: Vec<_> = world
+        .s3
+        .requests()
+        .into_iter()
+        .filter(|request| request.method == reqwest::Method::GET)
+        .collect();
+    assert_eq!(gets.len(), 2, "one redirect, one retry");
+    let signed_for = |index: usize| {
+        gets[index].headers["authorization"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(
+        signed_for(0).contains("/us-east-1/s3/"),
+        "{}",
+        signed_for(0)
+    );
+    assert!(
+        signed_for(1).contains("/eu-west-1/s3/"),
+        "{}",
+        signed_for(1)
+    );
+    world.stop().await;
+}

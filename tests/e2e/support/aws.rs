@@ -254,8 +254,6 @@ pub struct RecordedRequest {
     pub method: Method,
     /// The path as received, still percent-encoded.
     pub path: String,
-    #[allow(dead_code, reason = "kept for tests that check query strings")]
-    pub query: Option<String>,
     pub headers: HeaderMap,
 }
 
@@ -269,6 +267,8 @@ pub struct RecordingProxy {
 struct RecordingShared {
     upstream: Upstream,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// A region to name in a redirect answered to the next GET.
+    redirect_next_get: Mutex<Option<String>>,
 }
 
 impl RecordingProxy {
@@ -276,6 +276,7 @@ impl RecordingProxy {
         let shared = Arc::new(RecordingShared {
             upstream: Upstream::new(upstream),
             requests: Mutex::default(),
+            redirect_next_get: Mutex::default(),
         });
         let addr = serve(Router::new().fallback(record).with_state(shared.clone())).await;
         Self { addr, shared }
@@ -283,6 +284,12 @@ impl RecordingProxy {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Answers the next GET, instead of forwarding it, the way S3 answers
+    /// a request sent to the wrong region: 301 naming `region`.
+    pub fn redirect_next_get(&self, region: &str) {
+        *self.shared.redirect_next_get.lock().unwrap() = Some(region.to_owned());
     }
 
     /// Returns every request received so far, in arrival order.
@@ -295,9 +302,26 @@ async fn record(State(shared): State<Arc<RecordingShared>>, request: Request) ->
     shared.requests.lock().unwrap().push(RecordedRequest {
         method: request.method().clone(),
         path: request.uri().path().to_owned(),
-        query: request.uri().query().map(str::to_owned),
         headers: request.headers().clone(),
     });
+    if request.method() == Method::GET
+        && let Some(region) = shared.redirect_next_get.lock().unwrap().take()
+    {
+        let body = concat!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n",
+            "<Error><Code>PermanentRedirect</Code>",
+            "<Message>The bucket must be addressed in its own region.</Message></Error>"
+        );
+        return (
+            StatusCode::MOVED_PERMANENTLY,
+            [
+                ("x-amz-bucket-region", region),
+                ("content-type", "application/xml".to_owned()),
+            ],
+            body,
+        )
+            .into_response();
+    }
     shared.upstream.forward(request).await
 }
 
