@@ -1,14 +1,11 @@
 //! Our identity, assumed-role credentials and their cache.
 //!
-//! Assumed credentials are cached per role ARN and External ID. Each key
-//! has its own async lock: the first fetch that needs credentials calls
-//! STS while the others wait for its answer, so any number of concurrent
-//! fetches for one team make one AssumeRole call. Credentials are renewed
-//! `REFRESH_MARGIN` before they expire; a denial is remembered for
-//! `FAILURE_TTL` so a misconfigured team does not hammer STS.
+//! Assumed credentials are cached per role ARN and External ID in a
+//! [`CredentialCache`], so any number of concurrent fetches for one team
+//! make one AssumeRole call. Credentials are renewed `REFRESH_MARGIN`
+//! before they expire, and a denial is remembered for `FAILURE_TTL` so a
+//! misconfigured team does not hammer STS.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_config::BehaviorVersion;
@@ -18,7 +15,8 @@ use aws_sdk_s3::config::Region;
 use aws_sdk_sts::error::ProvideErrorMetadata;
 
 use crate::AwsArgs;
-use crate::metrics::{CREDENTIAL_CACHE, CREDENTIAL_REQUESTS};
+use crate::cache::CredentialCache;
+use crate::metrics::CREDENTIAL_REQUESTS;
 
 /// How long before expiry cached credentials are renewed.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
@@ -54,21 +52,12 @@ pub enum Identity {
 /// A cache key: role ARN and External ID.
 type RoleKey = (String, String);
 
-enum Slot {
-    Empty,
-    Ready(Credentials),
-    Failed {
-        error: AssumeError,
-        until: SystemTime,
-    },
-}
-
 /// AWS clients and the assumed-credential cache. Cheap to share.
 pub struct Aws {
     pub(crate) args: AwsArgs,
     pub(crate) own: SharedCredentialsProvider,
     sts: aws_sdk_sts::Client,
-    roles: Mutex<HashMap<RoleKey, Arc<tokio::sync::Mutex<Slot>>>>,
+    roles: CredentialCache<RoleKey, Credentials, AssumeError>,
     pub(crate) s3: crate::s3::Clients,
 }
 
@@ -101,7 +90,7 @@ impl Aws {
             args: args.clone(),
             sts: aws_sdk_sts::Client::from_conf(sts.build()),
             own,
-            roles: Mutex::default(),
+            roles: CredentialCache::new("aws", REFRESH_MARGIN, FAILURE_TTL, MAX_CACHED_ROLES),
             s3: crate::s3::Clients::default(),
         }
     }
@@ -118,29 +107,10 @@ impl Aws {
         role_arn: &str,
         external_id: &str,
     ) -> Result<Credentials, AssumeError> {
-        let slot = self.slot(role_arn, external_id);
-        let mut slot = slot.lock().await;
-        let now = SystemTime::now();
-        match &*slot {
-            Slot::Ready(credentials) if fresh(credentials, now) => {
-                CREDENTIAL_CACHE.with_label_values(&["aws", "hit"]).inc();
-                return Ok(credentials.clone());
-            }
-            Slot::Failed { error, until } if *until > now => {
-                CREDENTIAL_CACHE.with_label_values(&["aws", "hit"]).inc();
-                return Err(error.clone());
-            }
-            _ => CREDENTIAL_CACHE.with_label_values(&["aws", "miss"]).inc(),
-        }
-        let result = self.assume(role_arn, Some(external_id)).await;
-        *slot = match &result {
-            Ok(credentials) => Slot::Ready(credentials.clone()),
-            Err(error) => Slot::Failed {
-                error: error.clone(),
-                until: now + FAILURE_TTL,
-            },
-        };
-        result
+        let key = (role_arn.to_owned(), external_id.to_owned());
+        self.roles
+            .get(key, || self.assume(role_arn, Some(external_id)))
+            .await
     }
 
     /// Returns the identity for a team: its role when `delegation` (account
@@ -163,11 +133,8 @@ impl Aws {
 
     /// Drops cached credentials for a role, after S3 reported them expired.
     pub fn forget(&self, role_arn: &str, external_id: &str) {
-        let key = (role_arn.to_owned(), external_id.to_owned());
         self.roles
-            .lock()
-            .expect("the cache lock is never held across a panic")
-            .remove(&key);
+            .forget(&(role_arn.to_owned(), external_id.to_owned()));
     }
 
     /// Calls STS AssumeRole, uncached. `external_id` of `None` sends none,
@@ -214,29 +181,6 @@ impl Aws {
             "attache-assume-role",
         ))
     }
-
-    fn slot(&self, role_arn: &str, external_id: &str) -> Arc<tokio::sync::Mutex<Slot>> {
-        let mut roles = self
-            .roles
-            .lock()
-            .expect("the cache lock is never held across a panic");
-        if roles.len() >= MAX_CACHED_ROLES {
-            // Drop idle entries; a slot in use is shared and kept.
-            roles.retain(|_, slot| Arc::strong_count(slot) > 1);
-        }
-        roles
-            .entry((role_arn.to_owned(), external_id.to_owned()))
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Slot::Empty)))
-            .clone()
-    }
-}
-
-fn fresh(credentials: &Credentials, now: SystemTime) -> bool {
-    credentials.expiry().is_none_or(|expiry| {
-        expiry
-            .duration_since(now)
-            .is_ok_and(|left| left > REFRESH_MARGIN)
-    })
 }
 
 /// Classifies an STS error by its code, falling back to the HTTP status
@@ -261,25 +205,5 @@ fn classify_sts_error(
             AssumeError::Denied(format!("STS refused AssumeRole (HTTP {status}): {message}"))
         }
         other => AssumeError::Unavailable(format!("STS could not be reached: {other}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_near_expiry_are_stale() {
-        let now = SystemTime::now();
-        let soon = Credentials::new("a", "b", None, Some(now + Duration::from_secs(60)), "test");
-        let later = Credentials::new(
-            "a",
-            "b",
-            None,
-            Some(now + Duration::from_secs(3600)),
-            "test",
-        );
-        assert!(!fresh(&soon, now));
-        assert!(fresh(&later, now));
     }
 }

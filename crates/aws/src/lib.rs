@@ -19,6 +19,7 @@
 //! Metrics: `attache_credential_requests_total{provider,outcome}` and
 //! `attache_credential_cache_total{provider,result}`.
 
+pub mod cache;
 pub mod credentials;
 pub mod integration;
 mod metrics;
