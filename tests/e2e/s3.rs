@@ -403,3 +403,46 @@ async fn bucket_in_another_region_is_followed() {
     );
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupted_transfer_fails_the_checksum_and_is_retried() {
+    let world = AwsWorld::start(8).await;
+    let team = world.deployment.create_team("cross-account").await;
+    world.s3.corrupt_next_get();
+    let payload = world
+        .run_task(&team, &[world.uri("vendor_readable", "space")])
+        .await;
+
+    let attachment = &payload["data"]["attachments"][0];
+    assert_eq!(attachment["status"], "succeeded", "{attachment}");
+    assert_eq!(
+        attachment["sha256"],
+        world.object("vendor_readable", "space")["sha256"]
+    );
+    let database = world.deployment.database().await;
+    let row = database
+        .query_one("SELECT attempts, error_code FROM attachments", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2, "the corrupted attempt was retried");
+    let metrics = world
+        .deployment
+        .http
+        .get(format!("http://{}/metrics", world.deployment.admin[1]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let retried_for_checksum = metrics.lines().any(|line| {
+        line.starts_with("attache_fetches_total{")
+            && line.contains("code=\"checksum_mismatch\"")
+            && line.contains("outcome=\"retry\"")
+    });
+    assert!(
+        retried_for_checksum,
+        "the first attempt failed its checksum"
+    );
+    world.stop().await;
+}

@@ -269,6 +269,8 @@ struct RecordingShared {
     requests: Mutex<Vec<RecordedRequest>>,
     /// A region to name in a redirect answered to the next GET.
     redirect_next_get: Mutex<Option<String>>,
+    /// Whether to change one byte of the next GET's response body.
+    corrupt_next_get: std::sync::atomic::AtomicBool,
 }
 
 impl RecordingProxy {
@@ -277,6 +279,7 @@ impl RecordingProxy {
             upstream: Upstream::new(upstream),
             requests: Mutex::default(),
             redirect_next_get: Mutex::default(),
+            corrupt_next_get: std::sync::atomic::AtomicBool::new(false),
         });
         let addr = serve(Router::new().fallback(record).with_state(shared.clone())).await;
         Self { addr, shared }
@@ -290,6 +293,12 @@ impl RecordingProxy {
     /// a request sent to the wrong region: 301 naming `region`.
     pub fn redirect_next_get(&self, region: &str) {
         *self.shared.redirect_next_get.lock().unwrap() = Some(region.to_owned());
+    }
+
+    /// Changes the last byte of the next GET's response body, keeping its
+    /// headers (and so the checksum S3 sent), as a corrupted transfer.
+    pub fn corrupt_next_get(&self) {
+        self.shared.corrupt_next_get.store(true, Ordering::SeqCst);
     }
 
     /// Returns every request received so far, in arrival order.
@@ -322,7 +331,21 @@ async fn record(State(shared): State<Arc<RecordingShared>>, request: Request) ->
         )
             .into_response();
     }
-    shared.upstream.forward(request).await
+    let corrupt =
+        request.method() == Method::GET && shared.corrupt_next_get.swap(false, Ordering::SeqCst);
+    let response = shared.upstream.forward(request).await;
+    if !corrupt {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let mut bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
+    if let Some(last) = bytes.last_mut() {
+        *last ^= 0xff;
+    }
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 /// The moto server that a proxy forwards to.
