@@ -17,7 +17,6 @@ pub mod signing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use attache_config::{BrokerArgs, DatabaseArgs, parse_duration};
@@ -25,7 +24,6 @@ use attache_domain::RetryPolicy;
 use attache_egress::{Egress, EgressArgs, EgressSettings};
 use attache_queue::{ConsumerSettings, QueueKind, Topology};
 use attache_store::Store;
-use attache_telemetry::Readiness;
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -129,10 +127,7 @@ impl CallbackWorker {
             config.callback_timeout + HOLD_ON_FAILURE + config.database.database_wait_timeout,
             config.broker.broker_consumer_timeout,
         );
-        let store = Store::connect(&config.database)?;
-        store
-            .migrate_with_retry(std::time::Duration::from_secs(120))
-            .await?;
+        let store = Store::open(&config.database).await?;
         let admin = TcpListener::bind(config.admin_addr).await?;
         Ok(Self {
             config,
@@ -156,20 +151,12 @@ impl CallbackWorker {
             store,
             admin,
         } = self;
-        let readiness = Readiness::default();
-        let database_ready = readiness.check("database");
-        database_ready.store(true, Ordering::Relaxed);
         let pinger = store.clone();
-        tokio::spawn(attache_telemetry::keep_checking(
-            database_ready,
-            Duration::from_secs(5),
-            shutdown.clone(),
-            move || {
+        let (readiness, broker_ready) =
+            attache_telemetry::database_and_broker_readiness(&shutdown, move || {
                 let store = pinger.clone();
                 async move { store.ping().await }
-            },
-        ));
-        let broker_ready = readiness.check("broker");
+            });
 
         let egress = Egress::new(
             &config.egress,

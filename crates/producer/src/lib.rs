@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use attache_config::{BrokerArgs, DatabaseArgs};
 use attache_queue::Topology;
 use attache_store::Store;
-use attache_telemetry::Readiness;
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -61,10 +60,7 @@ pub struct Producer {
 impl Producer {
     /// Binds both listeners, connects to PostgreSQL and migrates it.
     pub async fn bind(config: ProducerConfig) -> anyhow::Result<Self> {
-        let store = Store::connect(&config.database)?;
-        store
-            .migrate_with_retry(std::time::Duration::from_secs(120))
-            .await?;
+        let store = Store::open(&config.database).await?;
         let api = TcpListener::bind(config.api_addr).await?;
         let admin = TcpListener::bind(config.admin_addr).await?;
         Ok(Self {
@@ -99,20 +95,12 @@ impl Producer {
             api,
             admin,
         } = self;
-        let readiness = Readiness::default();
-        let database_ready = readiness.check("database");
-        database_ready.store(true, std::sync::atomic::Ordering::Relaxed);
         let pinger = store.clone();
-        tokio::spawn(attache_telemetry::keep_checking(
-            database_ready,
-            std::time::Duration::from_secs(5),
-            shutdown.clone(),
-            move || {
+        let (readiness, broker_ready) =
+            attache_telemetry::database_and_broker_readiness(&shutdown, move || {
                 let store = pinger.clone();
                 async move { store.ping().await }
-            },
-        ));
-        let broker_ready = readiness.check("broker");
+            });
 
         let topology = Topology::new(
             &config.broker.queue_prefix,

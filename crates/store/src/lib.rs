@@ -120,6 +120,14 @@ impl Store {
         Ok(())
     }
 
+    /// Builds the pool and applies migrations, waiting up to two minutes for
+    /// PostgreSQL to answer: what every binary does at start.
+    pub async fn open(args: &DatabaseArgs) -> Result<Self> {
+        let store = Self::connect(args)?;
+        store.migrate_with_retry(Duration::from_secs(120)).await?;
+        Ok(store)
+    }
+
     /// Applies migrations, retrying with back-off while PostgreSQL cannot
     /// be reached, for up to `max_wait`; a binary started during a database
     /// restart or failover waits instead of exiting.

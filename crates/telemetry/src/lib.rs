@@ -113,6 +113,31 @@ pub async fn keep_checking<F, Fut, E>(
     }
 }
 
+/// Creates the readiness checks every binary has: `database`, refreshed by
+/// `ping` every five seconds until `shutdown`, and `broker`, whose flag is
+/// returned for the consumer or publisher to set.
+pub fn database_and_broker_readiness<F, Fut, E>(
+    shutdown: &CancellationToken,
+    ping: F,
+) -> (Readiness, Arc<AtomicBool>)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + 'static,
+{
+    let readiness = Readiness::default();
+    let database_ready = readiness.check("database");
+    database_ready.store(true, Ordering::Relaxed);
+    tokio::spawn(keep_checking(
+        database_ready,
+        std::time::Duration::from_secs(5),
+        shutdown.clone(),
+        ping,
+    ));
+    let broker_ready = readiness.check("broker");
+    (readiness, broker_ready)
+}
+
 /// Serves the admin endpoints on `listener` until `shutdown` fires.
 pub async fn serve_admin(listener: TcpListener, readiness: Readiness, shutdown: CancellationToken) {
     let router = Router::new()
