@@ -118,3 +118,56 @@ async fn dashboard_and_alert_metrics_exist() {
     );
     deployment.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logs_carry_no_secrets() {
+    let capturing = crate::support::logs::install();
+    assert!(
+        capturing,
+        "unset RUST_LOG: this test searches captured logs"
+    );
+    let deployment = Deployment::start(Options::default()).await;
+    let signature = format!("sig{}", uuid::Uuid::new_v4().simple());
+    let hook_token = format!("hook{}", uuid::Uuid::new_v4().simple());
+    let guessed_key = format!("att_guess{}", uuid::Uuid::new_v4().simple());
+    let source = Source::start([("a.txt", SourceFile::new("a", "text/plain"))]).await;
+    let receiver = Receiver::start([StatusCode::SERVICE_UNAVAILABLE]).await;
+    let signed = |name: &str| format!("{}?X-Amz-Signature={signature}", source.url(name));
+    let callback_url = format!("{}?token={hook_token}", receiver.url());
+    let (status, _) = deployment
+        .submit(
+            &json!({"callback_url": callback_url, "attachments": [{"uri": signed("a.txt")}, {"uri": signed("gone.txt")}]}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // A wrong key sent to the API is not logged either.
+    let (status, _) = deployment
+        .submit_raw(Some(&guessed_key), "{}".to_owned(), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    receiver.wait_for(2).await;
+    let api_key = deployment.team.api_key.clone();
+    let signing_secret = deployment.team.signing_secret.clone();
+    deployment.stop().await;
+
+    let logs = crate::support::logs::captured();
+    assert!(
+        logs.contains("task accepted"),
+        "the run's logs were captured"
+    );
+    assert!(
+        logs.contains("callback attempt finished"),
+        "the run's logs were captured"
+    );
+    let secret_part = signing_secret.trim_start_matches("whsec_");
+    for (name, secret) in [
+        ("API key", api_key.as_str()),
+        ("wrong API key", guessed_key.as_str()),
+        ("signing secret", secret_part),
+        ("signed URL query", signature.as_str()),
+        ("callback URL token", hook_token.as_str()),
+    ] {
+        assert!(!logs.contains(secret), "the {name} appears in the logs");
+    }
+}

@@ -98,7 +98,7 @@ async fn admin_client(url: &str) -> tokio_postgres::Client {
 impl Deployment {
     /// Starts a deployment and waits until its consumers are attached.
     pub async fn start(options: Options) -> Self {
-        attache_telemetry::init_logging_with_default(attache_config::LogFormat::Text, "warn");
+        super::logs::install();
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let database_name = format!("attache_test_{suffix}");
         let admin_url = admin_database_url();

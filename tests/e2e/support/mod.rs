@@ -3,6 +3,7 @@
 
 pub mod aws;
 mod env;
+pub mod logs;
 mod receiver;
 mod source;
 
