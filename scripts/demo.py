@@ -1,10 +1,16 @@
 """Run Attaché end to end on this machine and check every example task.
 
-The demo serves examples/files over HTTP, starts the producer API and both
-workers against the attache_demo database and queue prefix, submits each
-examples/tasks/*.json, waits for its signed callback, and compares the result
-with the example's expectation. It exits 0 only when every example matched.
-Logs, callbacks and stored attachments stay in .run/demo for inspection.
+The demo serves examples/files over HTTP and runs moto as AWS, set up by
+scripts/aws_fixture.py with an STS front that enforces External IDs. It
+starts the producer API and both workers against the attache_demo database
+and queue prefix. Through /v1/integrations/aws, the "demo" team activates
+delegated access to customer A's role, and a third team tries customer B's
+role, which the API must reject. Then the demo submits each
+examples/tasks/*.json for its team, waits for the signed callback, and
+compares the result with the example's expectation. examples/README.md
+describes the example format and the teams. The demo exits 0 only when
+every example and every S3 set-up step matched. Logs, callbacks and stored
+attachments stay in .run/demo for inspection.
 
 `make demo` runs scripts/demo.sh, which starts the services, builds the
 binaries and recreates the database before it runs this file with .venv's
@@ -23,13 +29,25 @@ from pathlib import Path
 from attache_demo import DemoError
 from attache_demo.api import ApiClient
 from attache_demo.examples import (
+    DEFAULT_TEAM,
+    TEAMS,
     Example,
     ExampleError,
     LocalFiles,
+    Sources,
     fill_placeholders,
     load_examples,
+    unfilled_placeholders,
 )
 from attache_demo.results import Submission, evaluate, print_table
+from attache_demo.s3_access import (
+    DemoAws,
+    activate_delegation,
+    attempt_unenforced_role,
+    aws_settings,
+    show_verification,
+    start_aws,
+)
 from attache_demo.servers import CallbackReceiver, FileServer
 from attache_demo.services import Services, create_team, start_binaries
 
@@ -41,6 +59,10 @@ QUEUE_PREFIX = "attache_demo"
 # The binaries are expected to be ready within a few seconds. The rest is
 # margin for a loaded 2-core CI machine.
 READY_TIMEOUT_SECONDS = 60
+# The team that tries to activate customer B's role. It submits no example.
+UNENFORCED_ROLE_TEAM = "customer-b"
+# The object whose POST /v1/integrations/aws/verify report the demo prints.
+VERIFIED_OBJECT = ("customer_a", "space")
 
 
 def say(message: str) -> None:
@@ -90,36 +112,52 @@ def binary_env() -> dict[str, str]:
         ATTACHE_LOG_FORMAT=os.environ.get("ATTACHE_LOG_FORMAT", "text"),
         RUST_LOG=os.environ.get("RUST_LOG", "info"),
         # The destination guard rejects loopback destinations, such as the
-        # demo's two servers, unless allowed.
+        # demo's file server and callback receivers, unless allowed.
         ATTACHE_EGRESS_ALLOW_CIDRS="127.0.0.0/8",
         # A pool of two static source addresses, which loopback provides
-        # without set-up; the file server and receiver see only these.
+        # without set-up; the file server and receivers see only these.
         ATTACHE_EGRESS_MEMBERS="local:127.0.0.11,local:127.0.0.12",
     )
     return env
 
 
 def submit_all(
-    client: ApiClient, examples: list[Example], files_url: str, callbacks_url: str
+    clients: dict[str, ApiClient],
+    receivers: dict[str, CallbackReceiver],
+    examples: list[Example],
+    placeholders: dict[str, str],
 ) -> list[Submission]:
-    submissions = []
+    """Submit each example for its team, with its placeholders filled in.
+
+    Raises DemoError before the first submission if any example contains an
+    unknown placeholder.
+    """
+    requests = []
     for example in examples:
-        request = fill_placeholders(
-            example.request,
-            {"FILES_URL": files_url, "CALLBACK_URL": f"{callbacks_url}/{example.name}"},
-        )
+        callback_url = f"{receivers[example.team].url}/callbacks/{example.name}"
+        request = fill_placeholders(example.request, {**placeholders, "CALLBACK_URL": callback_url})
+        if unfilled := unfilled_placeholders(request):
+            raise DemoError(
+                f"{example.path.name}: unknown placeholders {', '.join(unfilled)}"
+                " (examples/README.md lists the known ones)"
+            )
+        requests.append(request)
+
+    submissions = []
+    for example, request in zip(examples, requests, strict=True):
+        client = clients[example.team]
         accepted = client.submit_task(request, idempotency_key=f"demo-{example.name}")
         if len(accepted.get("attachments", [])) != len(request["attachments"]):
             raise DemoError(
                 f"{example.path.name}: the 202 response lists a different number of attachments"
             )
         submissions.append(Submission(example, request, accepted["task_id"]))
-        say(f"submitted {example.path.name} as task {accepted['task_id']}")
+        say(f"submitted {example.path.name} for team {example.team} as task {accepted['task_id']}")
     return submissions
 
 
 def wait_for_callbacks(
-    receiver: CallbackReceiver,
+    receivers: dict[str, CallbackReceiver],
     services: Services,
     submissions: list[Submission],
     timeout: float,
@@ -129,7 +167,9 @@ def wait_for_callbacks(
     say(f"waiting up to {timeout:.0f} s for {len(submissions)} callbacks")
     started = time.monotonic()
     while True:
-        pending = [s for s in submissions if not receiver.received_for(s.example.name)]
+        pending = [
+            s for s in submissions if not receivers[s.example.team].received_for(s.example.name)
+        ]
         if not pending:
             elapsed = time.monotonic() - first_submitted_at
             say(f"all callbacks arrived {elapsed:.1f} s after the first submission")
@@ -139,7 +179,7 @@ def wait_for_callbacks(
         if time.monotonic() - started > timeout:
             say(f"timed out with no callback for {', '.join(s.example.path.name for s in pending)}")
             return
-        receiver.wait_for_change(0.5)
+        receivers[pending[0].example.team].wait_for_change(0.5)
 
 
 def reset_run_dir() -> None:
@@ -147,51 +187,89 @@ def reset_run_dir() -> None:
     (RUN_DIR / "attachments").mkdir(parents=True)
 
 
+def start_file_server(stack: ExitStack, files_dir: Path) -> LocalFiles:
+    log = stack.enter_context(open(RUN_DIR / "file-server.log", "w", encoding="utf-8"))
+    file_server = FileServer(files_dir, log)
+    file_server.start()
+    stack.callback(file_server.stop)
+    say(f"serving {files_dir} at {file_server.url}")
+    return LocalFiles(files_dir.resolve(), file_server.url)
+
+
+def start_receivers(
+    stack: ExitStack, teams: dict[str, dict[str, str]]
+) -> dict[str, CallbackReceiver]:
+    """Start one callback receiver per team that submits examples, with the team's secret."""
+    receivers = {}
+    for name in TEAMS:
+        suffix = "" if name == DEFAULT_TEAM else f"-{name}"
+        log = stack.enter_context(
+            open(RUN_DIR / f"callback-receiver{suffix}.log", "w", encoding="utf-8")
+        )
+        receiver = CallbackReceiver(
+            teams[name]["signing_secret"], log, RUN_DIR / f"callbacks{suffix}.jsonl"
+        )
+        receiver.start()
+        stack.callback(receiver.stop)
+        receivers[name] = receiver
+        say(f"receiving team {name}'s callbacks at {receiver.url}/callbacks/")
+    return receivers
+
+
+def set_up_s3_access(clients: dict[str, ApiClient], aws: DemoAws) -> list[str]:
+    """Set up the teams' S3 access as customers would, and return the problems found."""
+    problems = activate_delegation(clients[DEFAULT_TEAM], DEFAULT_TEAM, aws)
+    problems += attempt_unenforced_role(clients[UNENFORCED_ROLE_TEAM], UNENFORCED_ROLE_TEAM, aws)
+    verified_uri = aws.fixture.uri(*VERIFIED_OBJECT)
+    problems += show_verification(clients[DEFAULT_TEAM], DEFAULT_TEAM, verified_uri)
+    return [f"S3 set-up: {problem}" for problem in problems]
+
+
 def run_examples(
     args: argparse.Namespace, examples: list[Example], services: Services
 ) -> list[str]:
     """Run every example and return the problems found, one line each."""
     with ExitStack() as stack:
-        files_log = stack.enter_context(open(RUN_DIR / "file-server.log", "w", encoding="utf-8"))
-        file_server = FileServer(args.files_dir, files_log)
-        file_server.start()
-        stack.callback(file_server.stop)
-        files = LocalFiles(args.files_dir.resolve(), file_server.url)
-        say(f"serving {args.files_dir} at {file_server.url}")
-
+        files = start_file_server(stack, args.files_dir)
         services.run("migrate", "attache-producer", "migrate")
-        team = create_team(services, "demo")
-        say(f"created team {team['team_id']}")
+        teams = {name: create_team(services, name) for name in (*TEAMS, UNENFORCED_ROLE_TEAM)}
+        say(f"created the teams {', '.join(teams)}")
 
-        receiver_log = stack.enter_context(
-            open(RUN_DIR / "callback-receiver.log", "w", encoding="utf-8")
+        aws = start_aws(
+            stack,
+            services,
+            RUN_DIR,
+            api_key_a=teams[DEFAULT_TEAM]["api_key"],
+            api_key_b=teams[UNENFORCED_ROLE_TEAM]["api_key"],
+            ready_timeout=READY_TIMEOUT_SECONDS,
         )
-        receiver = CallbackReceiver(
-            team["signing_secret"], receiver_log, RUN_DIR / "callbacks.jsonl"
-        )
-        receiver.start()
-        stack.callback(receiver.stop)
-        say(f"receiving callbacks at {receiver.url}/callbacks/")
-
-        api_url = start_binaries(services)
+        receivers = start_receivers(stack, teams)
+        api_url = start_binaries(services, aws_settings(aws))
         services.wait_ready(READY_TIMEOUT_SECONDS)
         say(f"producer API at {api_url} and both workers are ready")
 
-        client = ApiClient(api_url, team["api_key"])
-        first_submitted_at = time.monotonic()
-        submissions = submit_all(client, examples, files.url, f"{receiver.url}/callbacks")
-        wait_for_callbacks(receiver, services, submissions, args.timeout, first_submitted_at)
-        outcomes = [evaluate(s, receiver, client, files) for s in submissions]
+        clients = {name: ApiClient(api_url, team["api_key"]) for name, team in teams.items()}
+        problems = set_up_s3_access(clients, aws)
 
-    print_table(outcomes, files)
-    return [
+        sources = Sources(files, aws.fixture.contents_by_uri())
+        placeholders = {"FILES_URL": files.url, **aws.fixture.placeholders()}
+        first_submitted_at = time.monotonic()
+        submissions = submit_all(clients, receivers, examples, placeholders)
+        wait_for_callbacks(receivers, services, submissions, args.timeout, first_submitted_at)
+        outcomes = [
+            evaluate(s, receivers[s.example.team], clients[s.example.team], sources)
+            for s in submissions
+        ]
+
+    print_table(outcomes, sources)
+    return problems + [
         f"{o.submission.example.path.name}: {problem}" for o in outcomes for problem in o.problems
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM from scripts/demo.sh unwinds like Ctrl-C, so the binaries are stopped below.
+    # SIGTERM from scripts/demo.sh unwinds like Ctrl-C, so the binaries and moto are stopped below.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         examples = load_examples(args.tasks_dir)
@@ -214,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"warning: {warning}")
 
     if interrupted:
-        say("interrupted, so the binaries were stopped")
+        say("interrupted, so the binaries and moto were stopped")
         return 130
     if problems:
         sys.stdout.flush()
@@ -222,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ndemo: last log lines (all logs are in {RUN_DIR}):", file=sys.stderr)
         print(services.log_tails(), file=sys.stderr)
         return 1
-    say(f"passed: all {len(examples)} examples matched their expectations")
+    say(f"passed: the S3 set-up and all {len(examples)} examples matched their expectations")
     return 0
 
 

@@ -50,11 +50,15 @@ def answers_ok(url: str) -> bool:
 
 
 class ApiClient:
-    """Calls POST /v1/tasks and GET /v1/tasks/{id} with one team's API key."""
+    """Calls the producer's API, such as POST /v1/tasks, with one team's API key."""
 
     def __init__(self, base_url: str, api_key: str) -> None:
         self.base_url = base_url
         self.headers = {"Authorization": f"Bearer {api_key}"}
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """Send one request to path under the API's base URL and return the status and body."""
+        return request_json(method, f"{self.base_url}{path}", body, self.headers)
 
     def submit_task(self, request: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
         """Submit a task and return the 202 response body."""

@@ -1,21 +1,36 @@
 """Example tasks from examples/tasks/*.json and the checks run on their results.
 
-Each example file is an object with a `description`, the `request` body for
-POST /v1/tasks, and the `expect`ed outcome: the task `status` and, in
-submission order, one object per attachment. Every key of an expected
-attachment must equal the key in the callback (`status`, `error_code`,
-`content_type`, ...). The request may contain two placeholders, which
-`fill_placeholders` replaces: {{CALLBACK_URL}} and {{FILES_URL}}.
+Each example file is an object with a `description`, the `team` that
+submits it, the `request` body for POST /v1/tasks, and the `expect`ed
+outcome: the task `status` and, in submission order, one object per
+attachment. Every key of an expected attachment must equal the key in the
+callback (`status`, `error_code`, `content_type`, ...), except
+`error_message_contains`, a text that the attachment's `error_message` must
+contain. The request may contain placeholders, which `fill_placeholders`
+replaces: {{CALLBACK_URL}}, {{FILES_URL}} and {{S3:BUCKET:OBJECT}}.
+examples/README.md describes the format with the demo's teams and buckets.
 """
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 TASK_STATUSES = ("succeeded", "partially_failed", "failed")
 ATTACHMENT_STATUSES = ("succeeded", "failed")
+
+# The teams that submit examples. "demo" has delegated S3 access through
+# customer A's role, and "cross-account" has none.
+TEAMS = ("demo", "cross-account")
+DEFAULT_TEAM = "demo"
+
+# The key of an expected attachment whose value is a text that the
+# callback's error_message must contain, rather than a value to equal.
+MESSAGE_CONTAINS = "error_message_contains"
+
+PLACEHOLDER = re.compile(r"\{\{([^{}]*)\}\}")
 
 
 class ExampleError(ValueError):
@@ -29,6 +44,7 @@ class Example:
     name: str
     path: Path
     description: str
+    team: str
     request: dict[str, Any]
     expected_status: str
     expected_attachments: list[dict[str, Any]]
@@ -69,11 +85,19 @@ def load_example(path: Path) -> Example:
                 f'{path}: "expect.attachments[{index}].status" must be one of'
                 f" {', '.join(ATTACHMENT_STATUSES)}"
             )
+        if not isinstance(expected.get(MESSAGE_CONTAINS, ""), str):
+            raise ExampleError(
+                f'{path}: "expect.attachments[{index}].{MESSAGE_CONTAINS}" must be a string'
+            )
+    team = document.get("team", DEFAULT_TEAM)
+    if team not in TEAMS:
+        raise ExampleError(f'{path}: "team" must be one of {", ".join(TEAMS)}, not {team!r}')
 
     return Example(
         name=path.stem,
         path=path,
         description=str(document.get("description", "")),
+        team=team,
         request=request,
         expected_status=expect["status"],
         expected_attachments=expected_attachments,
@@ -91,6 +115,29 @@ def fill_placeholders(value: Any, replacements: dict[str, str]) -> Any:
     if isinstance(value, dict):
         return {key: fill_placeholders(item, replacements) for key, item in value.items()}
     return value
+
+
+def unfilled_placeholders(value: Any) -> list[str]:
+    """Return every {{NAME}} left in the strings of value, such as an unknown bucket label."""
+    if isinstance(value, str):
+        return [match.group(0) for match in PLACEHOLDER.finditer(value)]
+    if isinstance(value, list):
+        return [name for item in value for name in unfilled_placeholders(item)]
+    if isinstance(value, dict):
+        return [name for item in value.values() for name in unfilled_placeholders(item)]
+    return []
+
+
+@dataclass(frozen=True)
+class ExpectedContent:
+    """The size and SHA-256 that a fetch of one source must report."""
+
+    size: int
+    sha256: str
+
+    @classmethod
+    def of(cls, content: bytes) -> "ExpectedContent":
+        return cls(len(content), hashlib.sha256(content).hexdigest())
 
 
 @dataclass(frozen=True)
@@ -116,11 +163,38 @@ class LocalFiles:
         return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
+@dataclass(frozen=True)
+class Sources:
+    """The sources whose content the demo can check: its file server and moto's buckets."""
+
+    files: LocalFiles
+    s3_objects: dict[str, ExpectedContent]
+
+    def expected_content(self, uri: str) -> ExpectedContent | None:
+        """Return what a fetch of uri must report, or None when uri is not one of ours."""
+        if uri in self.s3_objects:
+            return self.s3_objects[uri]
+        path = self.files.path_of(uri)
+        return None if path is None else ExpectedContent.of(path.read_bytes())
+
+    def display_name(self, uri: str) -> str:
+        """Shorten uri for the table.
+
+        An s3:// URI is shown whole, with each non-ASCII character escaped as
+        \\uXXXX, because two of the fixture's keys differ only in a composed
+        or decomposed é, and a combining character breaks the table's
+        alignment.
+        """
+        if uri.startswith("s3://"):
+            return "".join(char if char.isascii() else f"\\u{ord(char):04x}" for char in uri)
+        return self.files.display_name(uri)
+
+
 def check_task(
     example: Example,
     request: dict[str, Any],
     data: dict[str, Any],
-    files: LocalFiles,
+    sources: Sources,
 ) -> list[str]:
     """Compare a callback's `data` with the example's expectation and return the differences."""
     problems = []
@@ -140,9 +214,9 @@ def check_task(
     for index, (sent, expected, actual) in enumerate(
         zip(request["attachments"], example.expected_attachments, attachments, strict=True)
     ):
-        label = f"attachment {index} ({files.display_name(sent['uri'])})"
+        label = f"attachment {index} ({sources.display_name(sent['uri'])})"
         problems.extend(
-            f"{label}: {problem}" for problem in check_attachment(sent, expected, actual, files)
+            f"{label}: {problem}" for problem in check_attachment(sent, expected, actual, sources)
         )
     return problems
 
@@ -151,28 +225,32 @@ def check_attachment(
     sent: dict[str, Any],
     expected: dict[str, Any],
     actual: dict[str, Any],
-    files: LocalFiles,
+    sources: Sources,
 ) -> list[str]:
     problems = []
     if actual.get("uri") != sent["uri"]:
         problems.append(f"uri is {actual.get('uri')!r}, expected {sent['uri']!r} (order changed?)")
     for key, value in expected.items():
-        if actual.get(key) != value:
+        if key == MESSAGE_CONTAINS:
+            message = actual.get("error_message") or ""
+            if value not in message:
+                problems.append(f"error_message {message!r} does not contain {value!r}")
+        elif actual.get(key) != value:
             problems.append(f"{key} is {actual.get(key)!r}, expected {value!r}")
     if actual.get("status") != "succeeded":
         return problems
 
     if actual.get("error_code") is not None:
         problems.append(f"succeeded but error_code is {actual['error_code']!r}")
-    # The size and sha256 reported for the stored copy must match the served file.
-    source = files.path_of(sent["uri"])
-    if source is not None:
-        content = source.read_bytes()
-        if actual.get("size_bytes") != len(content):
+    # The size and sha256 reported for the stored copy must match the source.
+    content = sources.expected_content(sent["uri"])
+    if content is not None:
+        if actual.get("size_bytes") != content.size:
             problems.append(
-                f"size_bytes is {actual.get('size_bytes')!r}, the file has {len(content)}"
+                f"size_bytes is {actual.get('size_bytes')!r}, the source has {content.size}"
             )
-        digest = hashlib.sha256(content).hexdigest()
-        if str(actual.get("sha256", "")).lower() != digest:
-            problems.append(f"sha256 is {actual.get('sha256')!r}, the file's is {digest!r}")
+        if str(actual.get("sha256", "")).lower() != content.sha256:
+            problems.append(
+                f"sha256 is {actual.get('sha256')!r}, the source's is {content.sha256!r}"
+            )
     return problems

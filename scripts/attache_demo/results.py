@@ -2,14 +2,15 @@
 
 `evaluate` checks the first verified callback of a submission against its
 example and against GET /v1/tasks/{id}. `print_table` shows one row per
-attachment, with the task's file, id and status on its first row.
+attachment, with the task's file, team, id and status on its first row,
+then the error message of each failed attachment.
 """
 
 from dataclasses import dataclass, field
 from typing import Any
 
 from .api import ApiClient
-from .examples import Example, LocalFiles, check_task
+from .examples import Example, Sources, check_task
 from .servers import CallbackReceiver
 
 
@@ -33,9 +34,12 @@ class Outcome:
 
 
 def evaluate(
-    submission: Submission, receiver: CallbackReceiver, client: ApiClient, files: LocalFiles
+    submission: Submission, receiver: CallbackReceiver, client: ApiClient, sources: Sources
 ) -> Outcome:
-    """Check the callback for one submission and compare it with GET /v1/tasks/{id}."""
+    """Check the callback for one submission and compare it with GET /v1/tasks/{id}.
+
+    receiver and client must belong to the team that submitted the example.
+    """
     example = submission.example
     api_view = client.get_task(submission.task_id)
     callbacks = receiver.received_for(example.name)
@@ -63,7 +67,7 @@ def evaluate(
         )
     if len(verified) > 1:
         notes.append(f"received {len(verified)} verified callbacks")
-    problems += check_task(example, submission.request, data, files)
+    problems += check_task(example, submission.request, data, sources)
     problems += compare_with_api(data, api_view)
     return Outcome(submission, data, problems, notes)
 
@@ -85,20 +89,21 @@ def compare_with_api(data: dict[str, Any], api_view: dict[str, Any]) -> list[str
     return problems
 
 
-def attachment_cells(attachment: dict[str, Any], files: LocalFiles) -> list[str]:
+def attachment_cells(attachment: dict[str, Any], sources: Sources) -> list[str]:
     """Return the table cells for one attachment: name, status, error code, size."""
     size = attachment.get("size_bytes")
     return [
-        files.display_name(attachment.get("uri", "-")),
+        sources.display_name(attachment.get("uri", "-")),
         str(attachment.get("status", "-")),
         str(attachment.get("error_code") or "-"),
         "-" if size is None else str(size),
     ]
 
 
-def print_table(outcomes: list[Outcome], files: LocalFiles) -> None:
+def print_table(outcomes: list[Outcome], sources: Sources) -> None:
     header = [
         "task file",
+        "team",
         "task id",
         "task status",
         "attachment",
@@ -112,6 +117,7 @@ def print_table(outcomes: list[Outcome], files: LocalFiles) -> None:
         data = outcome.data or {}
         task_cells = [
             outcome.submission.example.path.name,
+            outcome.submission.example.team,
             outcome.submission.task_id,
             str(data.get("status", "-")),
             "",
@@ -122,7 +128,7 @@ def print_table(outcomes: list[Outcome], files: LocalFiles) -> None:
         ]
         for index, attachment in enumerate(data.get("attachments") or [{}]):
             cells = task_cells if index == 0 else [""] * len(header)
-            cells[3:7] = attachment_cells(attachment, files)
+            cells[4:8] = attachment_cells(attachment, sources)
             rows.append(cells)
 
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -141,6 +147,24 @@ def print_table(outcomes: list[Outcome], files: LocalFiles) -> None:
     for row in rows:
         print(line(row))
     print()
+    print_error_messages(outcomes, sources)
     for outcome in outcomes:
         for note in outcome.notes:
             print(f"demo: note: {outcome.submission.example.path.name} {note}")
+
+
+def print_error_messages(outcomes: list[Outcome], sources: Sources) -> None:
+    """Print the error_message of each failed attachment, as the customer receives it."""
+    failed = [
+        (outcome.submission.example.path.name, attachment)
+        for outcome in outcomes
+        for attachment in (outcome.data or {}).get("attachments") or []
+        if attachment.get("status") == "failed"
+    ]
+    if not failed:
+        return
+    print("error messages of the failed attachments:")
+    for task_file, attachment in failed:
+        name = sources.display_name(attachment.get("uri", "-"))
+        print(f"  {task_file} {name}: {attachment.get('error_message')}")
+    print()

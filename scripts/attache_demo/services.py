@@ -241,19 +241,28 @@ def create_team(services: Services, name: str) -> dict[str, str]:
     return team
 
 
-def start_binaries(services: Services) -> str:
-    """Start the API and both workers, and return the API's base URL."""
+def start_binaries(services: Services, aws_env: dict[str, str] | None = None) -> str:
+    """Start the API and both workers, and return the API's base URL.
+
+    aws_env contains the ATTACHE_AWS_* settings, which only the producer
+    and the fetch-worker read.
+    """
+    aws_env = aws_env or {}
     api_addr = f"127.0.0.1:{free_port()}"
     services.start(
         "producer",
         "attache-producer",
         "serve",
-        env={"ATTACHE_API_ADDR": api_addr, "ATTACHE_ADMIN_ADDR": f"127.0.0.1:{free_port()}"},
+        env={
+            **aws_env,
+            "ATTACHE_API_ADDR": api_addr,
+            "ATTACHE_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
+        },
     )
     services.start(
         "fetch-worker",
         "attache-fetch-worker",
-        env={"ATTACHE_ADMIN_ADDR": f"127.0.0.1:{free_port()}"},
+        env={**aws_env, "ATTACHE_ADMIN_ADDR": f"127.0.0.1:{free_port()}"},
     )
     services.start(
         "callback-worker",

@@ -1,0 +1,1 @@
+"""Helpers for scripts/bench.py, the benchmark behind `make bench`."""

@@ -1,0 +1,185 @@
+"""The Attaché fleet under test: its settings, start and stop, and its state.
+
+`Fleet` starts one producer, N fetch-workers and one callback-worker from
+the release build through `Services`, all against the attache_bench
+database and queue prefix, and stops them between phases. `clear_data`
+empties the pipeline tables and the attachment store between phases while
+keeping the team, so every phase starts from the same empty pipeline.
+"""
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from attache_demo import DemoError, infra
+from attache_demo.api import request_json
+from attache_demo.services import Services, free_port
+
+DATABASE = "attache_bench"
+QUEUE_PREFIX = "attache_bench"
+READY_TIMEOUT_SECONDS = 60
+# Every receiver and source is on 127.0.0.1, so the per-host callback limit
+# must be as high as the concurrency, or deliveries would be postponed.
+CONCURRENCY = 128
+# Each replica opens up to this many PostgreSQL connections. With four
+# fetch-workers the fleet opens 6 x 12 = 72, which leaves room under
+# PostgreSQL's default max_connections of 100 for other users of the server.
+DATABASE_POOL_SIZE = 12
+# Above the 2 GiB attachment of the memory phase.
+MAX_ATTACHMENT_BYTES = 3 * 1024**3
+
+
+def fleet_env(database: infra.Database, store_dir: Path) -> dict[str, str]:
+    """Return the environment shared by every binary of the benchmark."""
+    # Other ATTACHE_ variables of the caller's shell are dropped, so every
+    # run measures the same settings.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ATTACHE_") or k == "ATTACHE_AMQP_URL"
+    }
+    env.update(
+        ATTACHE_DATABASE_URL=database.url,
+        ATTACHE_DATABASE_POOL_SIZE=str(DATABASE_POOL_SIZE),
+        ATTACHE_QUEUE_PREFIX=QUEUE_PREFIX,
+        ATTACHE_STORE_DIR=str(store_dir),
+        ATTACHE_EGRESS_MEMBERS="local:127.0.0.11,local:127.0.0.12",
+        ATTACHE_EGRESS_ALLOW_CIDRS="127.0.0.0/8",
+        ATTACHE_FETCH_CONCURRENCY=str(CONCURRENCY),
+        ATTACHE_CALLBACK_CONCURRENCY=str(CONCURRENCY),
+        ATTACHE_CALLBACK_CONCURRENCY_PER_HOST=str(CONCURRENCY),
+        ATTACHE_MAX_ATTACHMENT_BYTES=str(MAX_ATTACHMENT_BYTES),
+        ATTACHE_SHUTDOWN_DEADLINE="5s",
+        RUST_LOG="warn",
+    )
+    return env
+
+
+class Fleet:
+    """One producer, N fetch-workers and one callback-worker."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.api_url = ""
+        self.fetch_workers: list[str] = []
+
+    def start(self, fetch_workers: int, extra_env: dict[str, str] | None = None) -> None:
+        """Start the fleet and wait until every binary's /readyz returns 200."""
+        extra = dict(extra_env or {})
+        api_addr = f"127.0.0.1:{free_port()}"
+        self.api_url = f"http://{api_addr}"
+        self.services.start(
+            "producer",
+            "attache-producer",
+            "serve",
+            env={**extra, "ATTACHE_API_ADDR": api_addr, "ATTACHE_ADMIN_ADDR": _admin_addr()},
+        )
+        self.fetch_workers = [f"fetch-worker-{n}" for n in range(1, fetch_workers + 1)]
+        for name in self.fetch_workers:
+            self.services.start(
+                name, "attache-fetch-worker", env={**extra, "ATTACHE_ADMIN_ADDR": _admin_addr()}
+            )
+        self.services.start(
+            "callback-worker",
+            "attache-callback-worker",
+            env={**extra, "ATTACHE_ADMIN_ADDR": _admin_addr()},
+        )
+        self.services.wait_ready(READY_TIMEOUT_SECONDS)
+
+    def pids(self) -> dict[str, int]:
+        """Return the pid of each running binary by name."""
+        with self.services.lock:
+            return {service.name: service.process.pid for service in self.services.running}
+
+    def admin_url(self, name: str) -> str:
+        service = self.services.find(name)
+        if service is None:
+            raise DemoError(f"{name} is not running")
+        return service.admin_url
+
+    def stop(self) -> None:
+        """Stop every binary; raise DemoError if one had exited on its own."""
+        exited = self.services.exited()
+        for warning in self.services.stop_all():
+            print(f"bench: warning: {warning}", flush=True)
+        if exited:
+            raise DemoError("; ".join(exited))
+
+
+def _admin_addr() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+def clear_data(database: infra.Database, store_dir: Path) -> None:
+    """Empty the pipeline tables, keeping the teams, and the attachment store."""
+    infra.run(
+        [
+            "psql",
+            "-h",
+            infra.POSTGRESQL_HOST,
+            "-U",
+            "postgres",
+            "-d",
+            database.name,
+            "-w",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "TRUNCATE outbox, callback_attempts, callbacks, attachments, tasks",
+            "-c",
+            "VACUUM ANALYZE",
+        ]
+    )
+    shutil.rmtree(store_dir, ignore_errors=True)
+    store_dir.mkdir(parents=True)
+
+
+def receiver_stats(receiver_url: str) -> dict[str, Any]:
+    status, stats = request_json("GET", f"{receiver_url}/stats")
+    if status != 200 or not isinstance(stats, dict):
+        raise DemoError(f"GET {receiver_url}/stats returned {status}: {stats!r}")
+    return stats
+
+
+def wait_for_callbacks(
+    receiver_url: str, services: Services, expected: int, timeout: float
+) -> dict[str, Any]:
+    """Wait until the receiver has callbacks of `expected` distinct tasks; return its stats.
+
+    Raises DemoError when a binary exits on its own or timeout seconds pass.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = receiver_stats(receiver_url)
+        if stats["unique_tasks"] >= expected:
+            return stats
+        if exited := services.exited():
+            raise DemoError(f"a binary exited during the run: {'; '.join(exited)}")
+        if time.monotonic() > deadline:
+            raise DemoError(
+                f"only {stats['unique_tasks']} of {expected} callbacks arrived within"
+                f" {timeout:.0f} s (receiver stats: {stats})"
+            )
+        time.sleep(0.2)
+
+
+def scrape(admin_url: str) -> dict[str, float]:
+    """Return the samples of an admin /metrics page, keyed by name with labels."""
+    status, text = request_json("GET", f"{admin_url}/metrics")
+    if status != 200 or not isinstance(text, str):
+        raise DemoError(f"GET {admin_url}/metrics returned {status}")
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def metric_sum(samples: dict[str, float], name: str) -> float:
+    """Sum every sample of one metric name, whatever its labels."""
+    return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
