@@ -11,6 +11,7 @@
 mod api;
 mod delivery;
 mod egress;
+mod gcs;
 mod metrics;
 mod pipeline;
 mod queues;

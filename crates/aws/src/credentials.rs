@@ -15,8 +15,8 @@ use aws_sdk_s3::config::Region;
 use aws_sdk_sts::error::ProvideErrorMetadata;
 
 use crate::AwsArgs;
-use crate::cache::CredentialCache;
-use crate::metrics::CREDENTIAL_REQUESTS;
+use attache_credentials::cache::CredentialCache;
+use attache_credentials::metrics::CREDENTIAL_REQUESTS;
 
 /// How long before expiry cached credentials are renewed.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);

@@ -10,7 +10,8 @@
 //!   granted in a bucket policy.
 //!
 //! [`credentials`] caches assumed credentials per role with one STS call
-//! per role however many fetches wait; [`s3`] streams objects and classifies
+//! per role however many fetches wait (the cache is
+//! `attache_credentials::cache`); [`s3`] streams objects and classifies
 //! errors into codes whose messages say what the customer must change;
 //! [`integration`] builds the policies shown to customers and checks a link
 //! before it is activated. S3 traffic goes to AWS directly, not through the
@@ -19,10 +20,8 @@
 //! Metrics: `attache_credential_requests_total{provider,outcome}` and
 //! `attache_credential_cache_total{provider,result}`.
 
-pub mod cache;
 pub mod credentials;
 pub mod integration;
-mod metrics;
 pub mod s3;
 
 use std::time::Duration;

@@ -99,6 +99,10 @@ error_codes! {
     WrongRegion => ("wrong_region", false),
     /// Temporary credentials expired during the request.
     ExpiredCredentials => ("expired_credentials", true),
+    /// The team's Google Cloud service account could not be impersonated:
+    /// Attaché's service account lacks Service Account Token Creator on it,
+    /// or it does not exist.
+    ImpersonationDenied => ("impersonation_denied", false),
 }
 
 impl fmt::Display for ErrorCode {

@@ -1,8 +1,8 @@
 //! Outbound HTTP for fetches and callbacks: the static egress pool and the
 //! destination guard.
 //!
-//! Every non-S3 fetch and every callback goes through [`Egress::get`] or
-//! [`Egress::post`]. Each request leaves through exactly one pool member
+//! Every non-S3 fetch and every callback goes through [`Egress::get`],
+//! [`Egress::get_with_headers`] or [`Egress::post`]. Each request leaves through exactly one pool member
 //! ([`member`]), chosen among healthy members by fewest requests in flight;
 //! the caller records the member's name on its row. When every member is
 //! unhealthy the request fails with [`SendError::Unavailable`], which callers
@@ -220,11 +220,29 @@ impl Egress {
     /// Sends a GET, following up to the configured number of redirects,
     /// each vetted like the first URL.
     pub async fn get(&self, url: Url) -> Sent {
+        self.get_with_headers(url, HeaderMap::new()).await
+    }
+
+    /// Sends a GET with `headers`, such as an `Authorization` bearer token,
+    /// following redirects like [`Egress::get`]. The headers go only to the
+    /// first URL's origin (scheme, host and port): a hop to another origin
+    /// is sent without them, so a redirect cannot leak a credential.
+    pub async fn get_with_headers(&self, url: Url, headers: HeaderMap) -> Sent {
+        let origin = url.origin();
         let mut url = url;
         let mut hops = 0;
         let mut previous_member = None;
         loop {
-            let mut sent = self.send(&url, |client| client.get(url.clone())).await;
+            let hop_headers = if url.origin() == origin {
+                headers.clone()
+            } else {
+                HeaderMap::new()
+            };
+            let mut sent = self
+                .send(&url, |client| {
+                    client.get(url.clone()).headers(hop_headers.clone())
+                })
+                .await;
             // A hop refused before sending is recorded on the member that
             // carried the redirect to it.
             if sent.member.is_none() {

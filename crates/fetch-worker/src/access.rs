@@ -20,6 +20,11 @@ pub enum AccessPath {
         account_id: String,
         external_id: String,
     },
+    /// Our own Google Cloud service account, granted on the customer's
+    /// bucket (cross-project).
+    GcpOwn,
+    /// The team's service account, impersonated by ours.
+    GcpImpersonated { service_account: String },
 }
 
 impl AccessPath {
@@ -29,17 +34,40 @@ impl AccessPath {
             Self::Anonymous => "anonymous",
             Self::AwsOwn => "cross_account",
             Self::AwsRole { .. } => "delegated",
+            Self::GcpOwn => "cross_project",
+            Self::GcpImpersonated { .. } => "impersonated",
         }
     }
 }
 
 /// Chooses the access path of `target`'s team for `provider`; `None` when
-/// this deployment cannot fetch from the provider.
-pub fn resolve(target: &FetchTarget, provider: Provider, aws_enabled: bool) -> Option<AccessPath> {
+/// this deployment cannot fetch from the provider (`enabled` returns
+/// false).
+pub fn resolve(
+    target: &FetchTarget,
+    provider: Provider,
+    enabled: impl Fn(Provider) -> bool,
+) -> Option<AccessPath> {
+    if !enabled(provider) {
+        return None;
+    }
     match provider {
         Provider::Http => Some(AccessPath::Anonymous),
-        Provider::S3 if aws_enabled => Some(aws_path(target)),
-        Provider::S3 | Provider::Gcs | Provider::AzureBlob => None,
+        Provider::S3 => Some(aws_path(target)),
+        Provider::Gcs => Some(gcp_path(target)),
+        Provider::AzureBlob => None,
+    }
+}
+
+fn gcp_path(target: &FetchTarget) -> AccessPath {
+    let gcp = &target.gcp;
+    match (&gcp.linked_at, &gcp.service_account) {
+        (Some(_), Some(service_account)) => AccessPath::GcpImpersonated {
+            service_account: service_account.clone(),
+        },
+        // Activation stores the service account with the link time, so a
+        // linked team always has one.
+        _ => AccessPath::GcpOwn,
     }
 }
 
@@ -59,11 +87,15 @@ fn aws_path(target: &FetchTarget) -> AccessPath {
 #[cfg(test)]
 mod tests {
     use attache_domain::{AttachmentId, AttachmentStatus, TaskId, TeamId};
-    use attache_store::integrations::AwsIntegration;
+    use attache_store::integrations::{AwsIntegration, GcpIntegration};
 
     use super::*;
 
     fn target(aws: AwsIntegration) -> FetchTarget {
+        target_with(aws, GcpIntegration::default())
+    }
+
+    fn target_with(aws: AwsIntegration, gcp: GcpIntegration) -> FetchTarget {
         FetchTarget {
             attachment_id: AttachmentId::new(),
             task_id: TaskId::new(),
@@ -73,6 +105,7 @@ mod tests {
             attempts: 0,
             retry_window_start: chrono::Utc::now(),
             aws,
+            gcp,
         }
     }
 
@@ -85,7 +118,7 @@ mod tests {
             bucket_owners: Vec::new(),
         });
         assert_eq!(
-            resolve(&linked, Provider::S3, true),
+            resolve(&linked, Provider::S3, |_| true),
             Some(AccessPath::AwsRole {
                 account_id: "123456789012".to_owned(),
                 external_id: "attache-x".to_owned()
@@ -102,14 +135,51 @@ mod tests {
             bucket_owners: Vec::new(),
         });
         assert_eq!(
-            resolve(&unlinked, Provider::S3, true),
+            resolve(&unlinked, Provider::S3, |_| true),
             Some(AccessPath::AwsOwn)
         );
-        assert_eq!(resolve(&unlinked, Provider::S3, false), None);
-        assert_eq!(resolve(&unlinked, Provider::Gcs, true), None);
         assert_eq!(
-            resolve(&unlinked, Provider::Http, false),
+            resolve(&unlinked, Provider::S3, |p| p != Provider::S3),
+            None
+        );
+        assert_eq!(
+            resolve(&unlinked, Provider::Gcs, |p| p != Provider::Gcs),
+            None
+        );
+        assert_eq!(
+            resolve(&unlinked, Provider::Http, |p| p == Provider::Http),
             Some(AccessPath::Anonymous)
+        );
+    }
+
+    #[test]
+    fn impersonating_team_uses_only_its_service_account() {
+        let account = "attache-ab12cd34@p-123456.iam.gserviceaccount.com".to_owned();
+        let linked = target_with(
+            AwsIntegration::default(),
+            GcpIntegration {
+                identifier: Some("ab12cd34".to_owned()),
+                service_account: Some(account.clone()),
+                linked_at: Some(chrono::Utc::now()),
+            },
+        );
+        assert_eq!(
+            resolve(&linked, Provider::Gcs, |_| true),
+            Some(AccessPath::GcpImpersonated {
+                service_account: account.clone()
+            })
+        );
+        let unlinked = target_with(
+            AwsIntegration::default(),
+            GcpIntegration {
+                identifier: Some("ab12cd34".to_owned()),
+                service_account: Some(account),
+                linked_at: None,
+            },
+        );
+        assert_eq!(
+            resolve(&unlinked, Provider::Gcs, |_| true),
+            Some(AccessPath::GcpOwn)
         );
     }
 }

@@ -165,7 +165,9 @@ impl FetchHandler {
         };
         let provider = reference.provider();
         let (Some(access), Some(fetcher)) = (
-            access::resolve(target, provider, self.fetchers.aws_enabled()),
+            access::resolve(target, provider, |provider| {
+                self.fetchers.get(provider).is_some()
+            }),
             self.fetchers.get(provider),
         ) else {
             let error = FetchError::new(

@@ -51,6 +51,8 @@ pub struct FetchWorkerConfig {
     pub egress: EgressArgs,
     #[command(flatten)]
     pub aws: attache_aws::AwsArgs,
+    #[command(flatten)]
+    pub gcp: attache_gcp::GcpArgs,
 
     /// Address of the admin server (/healthz, /readyz, /metrics).
     #[arg(long, env = "ATTACHE_ADMIN_ADDR", default_value = "127.0.0.1:9081")]
@@ -179,6 +181,14 @@ impl FetchWorker {
         } else {
             None
         };
+        let gcp = if config.gcp.enabled() {
+            Some(Arc::new(attache_gcp::Gcp::new(
+                &config.gcp,
+                egress.clone(),
+            )?))
+        } else {
+            None
+        };
         let attachment_store = Arc::new(LocalDirStore::new(config.store_dir.clone()));
         // Uploads older than the longest fetch are abandoned by a killed
         // worker; a running upload of another replica is younger.
@@ -192,7 +202,7 @@ impl FetchWorker {
         });
         let handler = FetchHandler {
             store,
-            fetchers: Fetchers::new(egress, aws),
+            fetchers: Fetchers::new(egress, aws, gcp),
             attachments: attachment_store.clone(),
             retry: config.retry_policy(),
             max_bytes: config.max_attachment_bytes,

@@ -34,11 +34,16 @@ pub struct ProducerConfig {
     pub relay: relay::RelaySettings,
     #[command(flatten)]
     pub aws: attache_aws::AwsArgs,
+    #[command(flatten)]
+    pub gcp: attache_gcp::GcpArgs,
 
-    /// Address ranges accepted as destinations in spite of their class, as
-    /// for the workers; the API rejects other non-public IP literals.
-    #[arg(long, env = "ATTACHE_EGRESS_ALLOW_CIDRS", value_delimiter = ',')]
-    pub egress_allow_cidrs: Vec<ipnet::IpNet>,
+    /// The egress pool, as for the workers. The API rejects attachment and
+    /// callback URLs whose host is a non-public IP literal outside
+    /// `egress_allow_cidrs`. The pool itself is built only when GCP is
+    /// configured, for the IAM Credentials and Cloud Storage requests of
+    /// the GCP integration routes.
+    #[command(flatten)]
+    pub egress: attache_egress::EgressArgs,
 
     /// Address the task API listens on.
     #[arg(long, env = "ATTACHE_API_ADDR", default_value = "127.0.0.1:8080")]
@@ -124,12 +129,18 @@ impl Producer {
         let mut state = api::AppState::new(
             store,
             config.limits.clone(),
-            attache_egress::guard::DestinationPolicy::new(config.egress_allow_cidrs.clone()),
+            attache_egress::guard::DestinationPolicy::new(config.egress.egress_allow_cidrs.clone()),
         );
         if config.aws.enabled() {
             state = state.with_aws(std::sync::Arc::new(
                 attache_aws::Aws::new(&config.aws).await,
             ));
+        }
+        if config.gcp.enabled() {
+            state = state.with_gcp(std::sync::Arc::new(attache_gcp::Gcp::new(
+                &config.gcp,
+                egress_pool(&config.egress)?,
+            )?));
         }
         let router = api::router(state);
         axum::serve(api, router)
@@ -141,4 +152,17 @@ impl Producer {
         tracing::info!("producer stopped");
         Ok(())
     }
+}
+
+/// Builds the producer's egress pool, for the GCP integration routes.
+fn egress_pool(args: &attache_egress::EgressArgs) -> anyhow::Result<attache_egress::Egress> {
+    let settings = attache_egress::EgressSettings {
+        connect_timeout: std::time::Duration::from_secs(10),
+        read_timeout: std::time::Duration::from_secs(30),
+        // An API request waits for these calls, so they are kept short.
+        total_timeout: std::time::Duration::from_secs(30),
+        max_redirects: 5,
+        user_agent: concat!("attache-producer/", env!("CARGO_PKG_VERSION")).to_owned(),
+    };
+    Ok(attache_egress::Egress::new(args, &settings)?)
 }

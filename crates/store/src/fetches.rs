@@ -35,6 +35,9 @@ pub struct FetchTarget {
     pub retry_window_start: DateTime<Utc>,
     /// The team's AWS settings, which decide how `s3://` objects are read.
     pub aws: crate::integrations::AwsIntegration,
+    /// The team's Google Cloud settings, which decide how `gs://` objects
+    /// are read.
+    pub gcp: crate::integrations::GcpIntegration,
 }
 
 /// The outcome of one fetch attempt.
@@ -106,7 +109,8 @@ impl Store {
             .query_opt(
                 "SELECT a.id, a.task_id, t.team_id, a.uri, a.status, a.attempts, a.retry_window_start,
                         team.aws_external_id, team.aws_account_id, team.aws_linked_at,
-                        team.aws_bucket_owners
+                        team.aws_bucket_owners, team.gcp_identifier,
+                        team.gcp_service_account, team.gcp_linked_at
                  FROM attachments a JOIN tasks t ON t.id = a.task_id
                  JOIN teams team ON team.id = t.team_id
                  WHERE a.id = $1",
@@ -127,6 +131,11 @@ impl Store {
                 account_id: row.get("aws_account_id"),
                 linked_at: row.get("aws_linked_at"),
                 bucket_owners: row.get("aws_bucket_owners"),
+            },
+            gcp: crate::integrations::GcpIntegration {
+                identifier: row.get("gcp_identifier"),
+                service_account: row.get("gcp_service_account"),
+                linked_at: row.get("gcp_linked_at"),
             },
         }))
     }

@@ -25,6 +25,8 @@ use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+use super::forward::{Upstream, serve};
+
 /// Largest STS request body that `StsFront` reads, far above the size of
 /// any AssumeRole form.
 const MAX_STS_BODY: usize = 1024 * 1024;
@@ -346,87 +348,4 @@ async fn record(State(shared): State<Arc<RecordingShared>>, request: Request) ->
         *last ^= 0xff;
     }
     Response::from_parts(parts, Body::from(bytes))
-}
-
-/// The moto server that a proxy forwards to.
-struct Upstream {
-    client: reqwest::Client,
-    endpoint: String,
-}
-
-impl Upstream {
-    fn new(endpoint: &str) -> Self {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("building a reqwest client succeeds");
-        let endpoint = endpoint.trim_end_matches('/').to_owned();
-        Self { client, endpoint }
-    }
-
-    /// Streams the request to moto and moto's response back, without
-    /// hop-by-hop headers. The Host header is kept, because SigV4 signs it
-    /// and moto checks the signature. reqwest adds `accept: */*` to a
-    /// request without an Accept header, which the signature then does not
-    /// cover, so moto's check still passes.
-    async fn forward(&self, request: Request) -> Response {
-        let (mut parts, body) = request.into_parts();
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |value| value.as_str());
-        let url = format!("{}{path_and_query}", self.endpoint);
-        remove_hop_by_hop(&mut parts.headers);
-        let sent = self
-            .client
-            .request(parts.method, url)
-            .headers(parts.headers)
-            .body(reqwest::Body::wrap_stream(body.into_data_stream()))
-            .send()
-            .await;
-        let response = match sent {
-            Ok(response) => response,
-            Err(error) => {
-                let message = format!("forwarding to moto at {} failed: {error}", self.endpoint);
-                return (StatusCode::BAD_GATEWAY, message).into_response();
-            }
-        };
-
-        let status = response.status();
-        let mut headers = response.headers().clone();
-        remove_hop_by_hop(&mut headers);
-        let mut reply = Body::from_stream(response.bytes_stream()).into_response();
-        *reply.status_mut() = status;
-        *reply.headers_mut() = headers;
-        reply
-    }
-}
-
-/// Headers that describe one connection rather than the message.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-async fn serve(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binding a loopback port succeeds");
-    let addr = listener
-        .local_addr()
-        .expect("a bound listener has an address");
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    addr
 }

@@ -39,6 +39,9 @@ pub struct Options {
     pub fetch_concurrency: u16,
     /// AWS settings of the producer and fetch-worker; disabled by default.
     pub aws: attache_aws::AwsArgs,
+    /// Google Cloud settings of the producer and fetch-worker; disabled by
+    /// default.
+    pub gcp: attache_gcp::GcpArgs,
 }
 
 impl Default for Options {
@@ -51,6 +54,7 @@ impl Default for Options {
             producer_allow_cidrs: vec!["127.0.0.0/8".parse().expect("a valid range")],
             fetch_concurrency: 8,
             aws: attache_aws::AwsArgs::default(),
+            gcp: attache_gcp::GcpArgs::default(),
             limits: Limits {
                 max_attachments_per_task: 10,
                 max_metadata_bytes: 1024,
@@ -144,8 +148,12 @@ impl Deployment {
                 relay_batch_size: 100,
                 relay_poll_interval: Duration::from_millis(200),
             },
-            egress_allow_cidrs: options.producer_allow_cidrs.clone(),
+            egress: EgressArgs {
+                egress_allow_cidrs: options.producer_allow_cidrs.clone(),
+                ..egress.clone()
+            },
             aws: options.aws.clone(),
+            gcp: options.gcp.clone(),
             api_addr: loopback,
             admin_addr: loopback,
         })
@@ -158,6 +166,7 @@ impl Deployment {
             broker: broker.clone(),
             egress: egress.clone(),
             aws: options.aws.clone(),
+            gcp: options.gcp.clone(),
             admin_addr: loopback,
             fetch_concurrency: options.fetch_concurrency,
             store_dir: store_dir.path().to_owned(),

@@ -3,6 +3,8 @@
 
 pub mod aws;
 mod env;
+mod forward;
+pub mod gcp;
 pub mod logs;
 mod receiver;
 mod source;

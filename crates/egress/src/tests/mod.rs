@@ -2,6 +2,7 @@
 //! pool against loopback servers and a loopback proxy.
 
 mod decisions;
+mod headers;
 mod pool;
 mod proxy;
 mod servers;

@@ -57,7 +57,10 @@ impl Fetcher for HttpFetcher {
 }
 
 /// Checks a response's status and announced size and returns its body.
-fn open_body(response: reqwest::Response, max_bytes: u64) -> Result<ObjectStream, FetchError> {
+pub(super) fn open_body(
+    response: reqwest::Response,
+    max_bytes: u64,
+) -> Result<ObjectStream, FetchError> {
     if let Some(error) = classify_status(response.status()) {
         return Err(error);
     }
@@ -83,7 +86,7 @@ fn open_body(response: reqwest::Response, max_bytes: u64) -> Result<ObjectStream
 }
 
 /// Maps an egress failure to its error code.
-fn classify_send_error(error: SendError) -> FetchError {
+pub(super) fn classify_send_error(error: SendError) -> FetchError {
     match error {
         SendError::Forbidden(denied) => {
             FetchError::new(ErrorCode::DestinationForbidden, denied.to_string())

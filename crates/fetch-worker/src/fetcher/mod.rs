@@ -4,6 +4,7 @@
 //! the handler streams the body into the attachment store, counting and
 //! hashing it, so size limits and digests work the same for every provider.
 
+mod gcs;
 mod http;
 mod s3;
 
@@ -18,6 +19,7 @@ use futures_util::stream::BoxStream;
 
 use crate::access::AccessPath;
 
+pub use gcs::GcsFetcher;
 pub use http::HttpFetcher;
 pub use s3::S3Fetcher;
 
@@ -85,19 +87,21 @@ pub struct Fetchers {
 
 impl Fetchers {
     /// The fetchers of a deployment whose plain HTTP goes through `egress`,
-    /// with S3 when `aws` is configured.
-    pub fn new(egress: Egress, aws: Option<Arc<attache_aws::Aws>>) -> Self {
+    /// with S3 when `aws` is configured and Cloud Storage when `gcp` is.
+    pub fn new(
+        egress: Egress,
+        aws: Option<Arc<attache_aws::Aws>>,
+        gcp: Option<Arc<attache_gcp::Gcp>>,
+    ) -> Self {
         let mut by_provider: HashMap<Provider, Arc<dyn Fetcher>> = HashMap::new();
         by_provider.insert(Provider::Http, Arc::new(HttpFetcher::new(egress)));
         if let Some(aws) = aws {
             by_provider.insert(Provider::S3, Arc::new(S3Fetcher::new(aws)));
         }
+        if let Some(gcp) = gcp {
+            by_provider.insert(Provider::Gcs, Arc::new(GcsFetcher::new(gcp)));
+        }
         Self { by_provider }
-    }
-
-    /// Tells whether `s3://` attachments can be fetched.
-    pub fn aws_enabled(&self) -> bool {
-        self.by_provider.contains_key(&Provider::S3)
     }
 
     /// The fetcher for `provider`, if this deployment has one.

@@ -36,6 +36,8 @@ pub mod paths {
     pub const REPLAYS: &str = "/v1/replays";
     pub const AWS: &str = "/v1/integrations/aws";
     pub const AWS_VERIFY: &str = "/v1/integrations/aws/verify";
+    pub const GCP: &str = "/v1/integrations/gcp";
+    pub const GCP_VERIFY: &str = "/v1/integrations/gcp/verify";
     pub const OPENAPI: &str = "/v1/openapi.json";
 
     /// Every (method, path) pair the router serves.
@@ -47,6 +49,10 @@ pub mod paths {
         ("put", AWS),
         ("delete", AWS),
         ("post", AWS_VERIFY),
+        ("get", GCP),
+        ("put", GCP),
+        ("delete", GCP),
+        ("post", GCP_VERIFY),
         ("get", OPENAPI),
     ];
 }
@@ -88,6 +94,7 @@ struct Inner {
     limits: Limits,
     policy: DestinationPolicy,
     aws: Option<Arc<attache_aws::Aws>>,
+    gcp: Option<Arc<attache_gcp::Gcp>>,
 }
 
 impl AppState {
@@ -101,6 +108,7 @@ impl AppState {
                 limits,
                 policy,
                 aws: None,
+                gcp: None,
             }),
         }
     }
@@ -118,8 +126,36 @@ impl AppState {
         }
     }
 
+    /// Enables `gs://` attachments and the GCP integration routes.
+    pub fn with_gcp(self, gcp: Arc<attache_gcp::Gcp>) -> Self {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
+            unreachable!("with_gcp is called while building, before the state is shared")
+        });
+        Self {
+            inner: Arc::new(Inner {
+                gcp: Some(gcp),
+                ..inner
+            }),
+        }
+    }
+
     fn aws(&self) -> Option<&Arc<attache_aws::Aws>> {
         self.inner.aws.as_ref()
+    }
+
+    fn gcp(&self) -> Option<&Arc<attache_gcp::Gcp>> {
+        self.inner.gcp.as_ref()
+    }
+
+    /// Tells whether attachments of `provider` are accepted.
+    fn enabled(&self, provider: attache_domain::Provider) -> bool {
+        use attache_domain::Provider;
+        match provider {
+            Provider::Http => true,
+            Provider::S3 => self.aws().is_some(),
+            Provider::Gcs => self.gcp().is_some(),
+            Provider::AzureBlob => false,
+        }
     }
 
     fn policy(&self) -> &DestinationPolicy {
@@ -174,11 +210,18 @@ pub fn router(state: AppState) -> Router {
         .route(paths::REPLAYS, post(replays::create))
         .route(
             paths::AWS,
-            get(integrations::show)
-                .put(integrations::link)
-                .delete(integrations::unlink),
+            get(integrations::aws::show)
+                .put(integrations::aws::link)
+                .delete(integrations::aws::unlink),
         )
-        .route(paths::AWS_VERIFY, post(integrations::verify))
+        .route(paths::AWS_VERIFY, post(integrations::aws::verify))
+        .route(
+            paths::GCP,
+            get(integrations::gcp::show)
+                .put(integrations::gcp::link)
+                .delete(integrations::gcp::unlink),
+        )
+        .route(paths::GCP_VERIFY, post(integrations::gcp::verify))
         .route(
             paths::OPENAPI,
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),

@@ -50,8 +50,9 @@ pub async fn create(
         }
     })?;
     let idempotency_key = validate::idempotency_key(&headers)?;
-    let request =
-        validate::task_request(&body, state.limits(), state.policy(), state.aws().is_some())?;
+    let request = validate::task_request(&body, state.limits(), state.policy(), &|provider| {
+        state.enabled(provider)
+    })?;
 
     let task = NewTask {
         id: TaskId::new(),

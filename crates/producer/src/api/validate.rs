@@ -33,7 +33,7 @@ pub fn task_request(
     body: &[u8],
     limits: &Limits,
     policy: &DestinationPolicy,
-    s3_enabled: bool,
+    enabled: &dyn Fn(Provider) -> bool,
 ) -> Result<TaskRequest, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|error| {
         ApiError::new(
@@ -63,7 +63,7 @@ pub fn task_request(
     }
 
     let callback_url = callback_url(object.get("callback_url"), policy)?;
-    let attachments = attachments(object.get("attachments"), limits, policy, s3_enabled)?;
+    let attachments = attachments(object.get("attachments"), limits, policy, enabled)?;
     let metadata = metadata(object.get("metadata"), limits)?;
     // The hash covers the request as accepted, not as written: key order,
     // a missing versus empty metadata object and the URL's letter case do
@@ -169,7 +169,7 @@ fn attachments(
     value: Option<&Value>,
     limits: &Limits,
     policy: &DestinationPolicy,
-    s3_enabled: bool,
+    enabled: &dyn Fn(Provider) -> bool,
 ) -> Result<Vec<(String, Provider)>, ApiError> {
     let field = "attachments";
     let Some(Value::Array(items)) = value else {
@@ -198,7 +198,7 @@ fn attachments(
     items
         .iter()
         .enumerate()
-        .map(|(index, item)| attachment(index, item, policy, s3_enabled))
+        .map(|(index, item)| attachment(index, item, policy, enabled))
         .collect()
 }
 
@@ -206,7 +206,7 @@ fn attachment(
     index: usize,
     item: &Value,
     policy: &DestinationPolicy,
-    s3_enabled: bool,
+    enabled: &dyn Fn(Provider) -> bool,
 ) -> Result<(String, Provider), ApiError> {
     let field = format!("attachments[{index}].uri");
     let Value::Object(object) = item else {
@@ -238,8 +238,7 @@ fn attachment(
         ApiError::field(code, field.clone(), error.message())
     })?;
     let provider = reference.provider();
-    let enabled = provider == Provider::Http || (provider == Provider::S3 && s3_enabled);
-    if !enabled {
+    if !enabled(provider) {
         return Err(ApiError::field(
             "unsupported_scheme",
             field,

@@ -1,4 +1,4 @@
-//! Credential metrics, labelled by provider (`aws` here).
+//! Credential metrics, labelled by provider (`aws`, `gcp`).
 
 use std::sync::LazyLock;
 
@@ -8,7 +8,7 @@ use prometheus::{IntCounterVec, register_int_counter_vec};
 pub static CREDENTIAL_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "attache_credential_requests_total",
-        "Requests to a credential service (such as STS AssumeRole), by provider and outcome.",
+        "Requests to a credential service (such as STS AssumeRole or IAM Credentials generateAccessToken), by provider and outcome.",
         &["provider", "outcome"]
     )
     .expect("metric names are unique and valid")

@@ -22,6 +22,7 @@ pub trait Expiring {
     fn expires_at(&self) -> Option<SystemTime>;
 }
 
+#[cfg(feature = "aws")]
 impl Expiring for aws_credential_types::Credentials {
     fn expires_at(&self) -> Option<SystemTime> {
         self.expiry()

@@ -18,11 +18,12 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use super::AppState;
-use super::auth::Caller;
-use super::error::ApiError;
+use super::object;
+use crate::api::AppState;
+use crate::api::auth::Caller;
+use crate::api::error::ApiError;
 
 /// The bucket placeholder in the sample permission policy.
 const BUCKET_PLACEHOLDER: &str = "YOUR-BUCKET";
@@ -177,34 +178,6 @@ async fn settings(state: &AppState, aws: &Aws, team: &Team) -> Result<Value, Api
         "trust_policy": aws.trust_policy(&external_id),
         "permission_policy": permission_policy(BUCKET_PLACEHOLDER),
     }))
-}
-
-fn object(body: &[u8], fields: &[&str]) -> Result<Map<String, Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|error| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the body is not valid JSON ({error})"),
-        )
-    })?;
-    let Value::Object(object) = value else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "the body must be a JSON object",
-        ));
-    };
-    if let Some(unknown) = object.keys().find(|key| !fields.contains(&key.as_str())) {
-        return Err(ApiError::field(
-            "unknown_field",
-            unknown.clone(),
-            format!(
-                "`{unknown}` is not a field here: the fields are {}",
-                fields.join(", ")
-            ),
-        ));
-    }
-    Ok(object)
 }
 
 fn parse_link(body: &[u8]) -> Result<(String, Vec<String>), ApiError> {
