@@ -25,7 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from attache_bench import fleet, machine, phases, report
+from attache_bench import fleet, machine, memory, phases, report
+from attache_bench.context import Context
 from attache_bench.settings import FULL, SMOKE
 from attache_bench.tools import Helper, require_wrk
 from attache_demo import DemoError, infra
@@ -109,7 +110,7 @@ def run_bench(args: argparse.Namespace, services: Services, helpers: list[Helper
     receiver_env = {**tool_env, "ATTACHE_BENCH_SIGNING_SECRET": team["signing_secret"]}
     receiver = Helper(bench_binary, args.run_dir, "receiver", ["receiver"], receiver_env)
     helpers.append(receiver)
-    ctx = phases.Context(
+    ctx = Context(
         settings, bench_binary, args.run_dir, args.run_dir / "attachments", services,
         database, team, source, receiver, tool_env,
     )
@@ -125,7 +126,7 @@ def run_bench(args: argparse.Namespace, services: Services, helpers: list[Helper
     say(f"latency at {settings.latency_rate:g} tasks/s for {settings.latency_seconds:g} s")
     latency = phases.measure_latency(ctx)
     say("memory: one large stream, then parallel fetches")
-    memory = [phases.measure_stream(ctx), phases.measure_parallel(ctx)]
+    memory_runs = [memory.measure_stream(ctx), memory.measure_parallel(ctx)]
     fleet.clear_data(database, ctx.store_dir)
 
     return report.Results(
@@ -144,7 +145,7 @@ def run_bench(args: argparse.Namespace, services: Services, helpers: list[Helper
         references=references,
         throughput=throughput,
         latency=latency,
-        memory=memory,
+        memory=memory_runs,
     )
 
 

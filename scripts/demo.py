@@ -2,15 +2,19 @@
 
 The demo serves examples/files over HTTP and runs moto as AWS, set up by
 scripts/aws_fixture.py with an STS front that enforces External IDs. It
+runs gcp-storage-emulator as Cloud Storage, behind a front that checks
+each token's access per bucket, beside a mock of IAM Credentials. It
 starts the producer API and both workers against the attache_demo database
 and queue prefix. Through /v1/integrations/aws, the "demo" team activates
 delegated access to customer A's role, and a third team tries customer B's
-role, which the API must reject. Then the demo submits each
+role, which the API must reject. Through /v1/integrations/gcp, the
+"impersonating" team names a service account without its identifier, which
+the API must reject, then activates one with it. Then the demo submits each
 examples/tasks/*.json for its team, waits for the signed callback, and
 compares the result with the example's expectation. examples/README.md
 describes the example format and the teams. The demo exits 0 only when
-every example and every S3 set-up step matched. Logs, callbacks and stored
-attachments stay in .run/demo for inspection.
+every example and every S3 and Cloud Storage set-up step matched. Logs,
+callbacks and stored attachments stay in .run/demo for inspection.
 
 `make demo` runs scripts/demo.sh, which starts the services, builds the
 binaries and recreates the database before it runs this file with .venv's
@@ -28,6 +32,15 @@ from pathlib import Path
 
 from attache_demo import DemoError
 from attache_demo.api import ApiClient
+from attache_demo.gcs_access import (
+    DemoGcp,
+    activate_impersonation,
+    check_traffic,
+    gcp_settings,
+    show_cross_project,
+    start_gcp,
+)
+from attache_demo.gcs_access import show_verification as show_gcs_verification
 from attache_demo.examples import (
     DEFAULT_TEAM,
     TEAMS,
@@ -63,6 +76,15 @@ READY_TIMEOUT_SECONDS = 60
 UNENFORCED_ROLE_TEAM = "customer-b"
 # The object whose POST /v1/integrations/aws/verify report the demo prints.
 VERIFIED_OBJECT = ("customer_a", "space")
+# The teams that read gs:// objects by impersonation and by cross-project access.
+IMPERSONATING_TEAM = "impersonating"
+CROSS_PROJECT_TEAM = "cross-project"
+# The object whose POST /v1/integrations/gcp/verify report the demo prints.
+VERIFIED_GCS_OBJECT = ("customer", "question")
+# The source addresses of the egress pool, which loopback provides without
+# set-up. The file server, the callback receivers and the Cloud Storage
+# fronts see only these.
+EGRESS_MEMBER_IPS = ("127.0.0.11", "127.0.0.12")
 
 
 def say(message: str) -> None:
@@ -114,9 +136,7 @@ def binary_env() -> dict[str, str]:
         # The destination guard rejects loopback destinations, such as the
         # demo's file server and callback receivers, unless allowed.
         ATTACHE_EGRESS_ALLOW_CIDRS="127.0.0.0/8",
-        # A pool of two static source addresses, which loopback provides
-        # without set-up; the file server and receivers see only these.
-        ATTACHE_EGRESS_MEMBERS="local:127.0.0.11,local:127.0.0.12",
+        ATTACHE_EGRESS_MEMBERS=",".join(f"local:{ip}" for ip in EGRESS_MEMBER_IPS),
     )
     return env
 
@@ -225,6 +245,15 @@ def set_up_s3_access(clients: dict[str, ApiClient], aws: DemoAws) -> list[str]:
     return [f"S3 set-up: {problem}" for problem in problems]
 
 
+def set_up_gcs_access(clients: dict[str, ApiClient], gcp: DemoGcp) -> list[str]:
+    """Set up the teams' Cloud Storage access as customers would, and return the problems found."""
+    problems = activate_impersonation(clients[IMPERSONATING_TEAM], IMPERSONATING_TEAM, gcp)
+    problems += show_cross_project(clients[CROSS_PROJECT_TEAM], CROSS_PROJECT_TEAM)
+    verified_uri = gcp.fixture.uri(*VERIFIED_GCS_OBJECT)
+    problems += show_gcs_verification(clients[IMPERSONATING_TEAM], IMPERSONATING_TEAM, verified_uri)
+    return [f"Cloud Storage set-up: {problem}" for problem in problems]
+
+
 def run_examples(
     args: argparse.Namespace, examples: list[Example], services: Services
 ) -> list[str]:
@@ -243,22 +272,34 @@ def run_examples(
             api_key_b=teams[UNENFORCED_ROLE_TEAM]["api_key"],
             ready_timeout=READY_TIMEOUT_SECONDS,
         )
+        gcp = start_gcp(stack, RUN_DIR)
         receivers = start_receivers(stack, teams)
-        api_url = start_binaries(services, aws_settings(aws))
+        api_url = start_binaries(services, {**aws_settings(aws), **gcp_settings(gcp)})
         services.wait_ready(READY_TIMEOUT_SECONDS)
         say(f"producer API at {api_url} and both workers are ready")
 
         clients = {name: ApiClient(api_url, team["api_key"]) for name, team in teams.items()}
         problems = set_up_s3_access(clients, aws)
+        problems += set_up_gcs_access(clients, gcp)
 
-        sources = Sources(files, aws.fixture.contents_by_uri())
-        placeholders = {"FILES_URL": files.url, **aws.fixture.placeholders()}
+        sources = Sources(
+            files, {**aws.fixture.contents_by_uri(), **gcp.fixture.contents_by_uri()}
+        )
+        placeholders = {
+            "FILES_URL": files.url,
+            **aws.fixture.placeholders(),
+            **gcp.fixture.placeholders(),
+        }
         first_submitted_at = time.monotonic()
         submissions = submit_all(clients, receivers, examples, placeholders)
         wait_for_callbacks(receivers, services, submissions, args.timeout, first_submitted_at)
         outcomes = [
             evaluate(s, receivers[s.example.team], clients[s.example.team], sources)
             for s in submissions
+        ]
+        problems += [
+            f"Cloud Storage traffic: {problem}"
+            for problem in check_traffic(gcp, EGRESS_MEMBER_IPS)
         ]
 
     print_table(outcomes, sources)
@@ -269,7 +310,8 @@ def run_examples(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM from scripts/demo.sh unwinds like Ctrl-C, so the binaries and moto are stopped below.
+    # SIGTERM from scripts/demo.sh unwinds like Ctrl-C, so the binaries,
+    # moto and gcp-storage-emulator are stopped below.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         examples = load_examples(args.tasks_dir)
@@ -292,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"warning: {warning}")
 
     if interrupted:
-        say("interrupted, so the binaries and moto were stopped")
+        say("interrupted, so the binaries, moto and gcp-storage-emulator were stopped")
         return 130
     if problems:
         sys.stdout.flush()
@@ -300,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ndemo: last log lines (all logs are in {RUN_DIR}):", file=sys.stderr)
         print(services.log_tails(), file=sys.stderr)
         return 1
-    say(f"passed: the S3 set-up and all {len(examples)} examples matched their expectations")
+    say(
+        f"passed: the S3 and Cloud Storage set-up and all {len(examples)} examples"
+        " matched their expectations"
+    )
     return 0
 
 

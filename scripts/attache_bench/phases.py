@@ -1,10 +1,10 @@
-"""The measurements of one benchmark run, one function per figure.
+"""The references, throughput and latency measurements of one benchmark run.
 
-Every phase starts from empty pipeline tables and an empty attachment
-store, starts its own fleet, and stops it at the end. Submission times are
-taken by the submitter just before each request and arrival times by the
-receiver, so a task's latency runs from its submission to its delivered,
-verified callback.
+Every fleet phase, here and in `memory`, starts from empty pipeline tables
+and an empty attachment store, starts its own fleet, and stops it at the
+end. Submission times are taken by the submitter just before each request
+and arrival times by the receiver, so a task's latency runs from its
+submission to its delivered, verified callback.
 """
 
 import base64
@@ -14,90 +14,24 @@ import json
 import math
 import os
 import shutil
-import signal
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attache_demo import DemoError, infra
-from attache_demo.api import request_json
-from attache_demo.services import Services
+from attache_demo import DemoError
 
 from . import fleet, machine
+from .context import Context
 from .fleet import Fleet
-from .settings import Settings, size_text
-from .tools import Helper, ProbeResult, Sampler, WrkResult, run_probe, run_report, run_wrk
+from .profile import Profile, ProfileProbe
+from .tools import ProbeResult, WrkResult, run_probe, run_report, run_wrk
 
 BINARY_KINDS = ("producer", "fetch-worker", "callback-worker")
 # Bounds of the steady-state window as shares of the callbacks in arrival
 # order: the middle 80 %, which leaves out the ramp-up and the drain.
 STEADY_FROM, STEADY_TO = 0.10, 0.90
-PG_SAMPLE_INTERVAL_MS = 50
 STORE_WRITE_FILES = 200
-
-
-@dataclass
-class Context:
-    """Everything the phases share."""
-
-    settings: Settings
-    bench_binary: Path
-    run_dir: Path
-    store_dir: Path
-    services: Services
-    database: infra.Database
-    team: dict[str, str]
-    source: Helper
-    receiver: Helper
-    tool_env: dict[str, str]
-
-    def submit(
-        self, fleet_: Fleet, tasks: int, per_task: int, size: int, run_id: str, **options: Any
-    ) -> dict[str, Any]:
-        """Submit tasks with `attache-bench submit` and return its report."""
-        args = [
-            "submit",
-            f"--api-url={fleet_.api_url}",
-            f"--source-url={self.source.url}",
-            f"--callback-url={self.receiver.url}/callbacks",
-            f"--tasks={tasks}",
-            f"--attachments-per-task={per_task}",
-            f"--attachment-bytes={size}",
-            f"--run-id={run_id}",
-            *(f"--{name.replace('_', '-')}={value}" for name, value in options.items()),
-        ]
-        env = {**self.tool_env, "ATTACHE_BENCH_API_KEY": self.team["api_key"]}
-        report = run_report(self.bench_binary, args, env, self.settings.phase_timeout)
-        if report["failed"]:
-            raise DemoError(f"{report['failed']} task submissions failed: {report['errors']}")
-        return report
-
-    def reset(self) -> None:
-        """Empty the pipeline and the receiver before a phase."""
-        fleet.clear_data(self.database, self.store_dir)
-        status, _ = request_json("POST", f"{self.receiver.url}/reset")
-        if status != 204:
-            raise DemoError(f"POST {self.receiver.url}/reset returned {status}")
-
-    def records(self) -> list[dict[str, Any]]:
-        status, records = request_json("GET", f"{self.receiver.url}/records", timeout=60)
-        if status != 200 or not isinstance(records, list):
-            raise DemoError(f"GET {self.receiver.url}/records returned {status}")
-        return records
-
-    def wait(self, tasks: int) -> dict[str, Any]:
-        """Wait for the callbacks of `tasks` tasks; raise if any did not succeed."""
-        stats = fleet.wait_for_callbacks(
-            self.receiver.url, self.services, tasks, self.settings.phase_timeout
-        )
-        if stats["not_succeeded"] or stats["rejected"]:
-            raise DemoError(
-                f"{stats['not_succeeded']} callbacks reported a task that did not succeed and"
-                f" {stats['rejected']} requests failed verification: see {self.run_dir}"
-            )
-        return stats
 
 
 # References -----------------------------------------------------------------
@@ -215,25 +149,6 @@ def signed_probe(secret: str, attachments: int) -> tuple[bytes, dict[str, str]]:
 
 
 @dataclass
-class Profile:
-    """The breakdown of one throughput run: database, processes and fleet metrics."""
-
-    commits: int
-    wal_syncs: int
-    wal_records: int
-    outbox_inserts: int
-    postgres_cpu: float
-    rabbitmq_cpu: float
-    source_cpu: float
-    receiver_cpu: float
-    fetch_mean_seconds: float
-    callback_mean_seconds: float
-    fetch_in_flight_mean: float
-    callback_in_flight_mean: float
-    pg_sample: dict[str, Any]
-
-
-@dataclass
 class ThroughputRun:
     fetch_workers: int
     attachments: int
@@ -300,7 +215,7 @@ def measure_throughput(ctx: Context, fetch_workers: int, profile: bool) -> Throu
 
 
 def first_callbacks(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep the first callback of each task; delivery is at least once, so repeats can occur."""
+    """Keep the first callback of each task, because delivery is at least once and may repeat."""
     first: dict[str, dict[str, Any]] = {}
     for record in sorted(records, key=lambda record: record["received_us"]):
         first.setdefault(record["task_id"], record)
@@ -323,132 +238,6 @@ def cpu_by_kind(before: dict[str, float], after: dict[str, float]) -> dict[str, 
         kind = next(kind for kind in BINARY_KINDS if name.startswith(kind))
         totals[kind] += seconds - before[name]
     return totals
-
-
-class ProfileProbe:
-    """Database, process and fleet counters read around one throughput run.
-
-    Call `stop_sampling` while the fleet still runs, because a process's
-    CPU time leaves with it, then `finish` after the fleet stopped, because
-    PostgreSQL backends publish their statistics when they exit.
-    """
-
-    def __init__(self, ctx: Context, fleet_: Fleet) -> None:
-        self.ctx = ctx
-        self.fleet = fleet_
-        self.database = ctx.database
-        self.counters_before = self._database_counters()
-        self.process_cpu_before = self._process_cpu()
-        self.process_cpu: dict[str, float] = {}
-        self.fleet_means: dict[str, float] = {}
-        self.pg_sample: dict[str, Any] = {}
-        self.in_flight: dict[str, list[float]] = {"fetch": [], "callback": []}
-        self.stopped = threading.Event()
-        self.poller = threading.Thread(target=self._poll_in_flight, daemon=True)
-        self.poller.start()
-        self.sampler = Sampler(
-            ctx.bench_binary,
-            infra.Database("postgres").url,
-            self.database.name,
-            ctx.tool_env,
-            PG_SAMPLE_INTERVAL_MS,
-        )
-
-    def _database_counters(self) -> dict[str, int]:
-        row = self.database.query(
-            "SELECT d.xact_commit AS commits, w.wal_sync AS wal_syncs,"
-            " w.wal_records AS wal_records,"
-            " (SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'outbox') AS outbox"
-            f" FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = '{self.database.name}'"
-        )[0]
-        return {key: int(value) for key, value in row.items()}
-
-    def _process_cpu(self) -> dict[str, float]:
-        cpu = machine.cpu_seconds_by_command(("postgres", "beam.smp"))
-        cpu["source"] = machine.cpu_seconds(self.ctx.source.process.pid)
-        cpu["receiver"] = machine.cpu_seconds(self.ctx.receiver.process.pid)
-        return cpu
-
-    def _poll_in_flight(self) -> None:
-        while not self.stopped.wait(1.0):
-            for kind, names in (
-                ("fetch", self.fleet.fetch_workers),
-                ("callback", ["callback-worker"]),
-            ):
-                try:
-                    samples = [fleet.scrape(self.fleet.admin_url(name)) for name in names]
-                except (DemoError, OSError):
-                    # A missed sample only thins the mean.
-                    continue
-                total = sum(
-                    s.get(f'attache_jobs_in_flight{{queue="{kind}"}}', 0.0) for s in samples
-                )
-                self.in_flight[kind].append(total)
-
-    def _mean_seconds(self, names: list[str], metric: str) -> float:
-        samples = [fleet.scrape(self.fleet.admin_url(name)) for name in names]
-        total = sum(fleet.metric_sum(s, f"{metric}_sum") for s in samples)
-        count = sum(fleet.metric_sum(s, f"{metric}_count") for s in samples)
-        return total / count if count else 0.0
-
-    def stop_sampling(self) -> None:
-        """Read the process CPU and the fleet's metrics, and stop both samplers."""
-        self.process_cpu = {
-            key: value - self.process_cpu_before[key] for key, value in self._process_cpu().items()
-        }
-        self.fleet_means = {
-            "fetch": self._mean_seconds(self.fleet.fetch_workers, "attache_fetch_duration_seconds"),
-            "callback": self._mean_seconds(["callback-worker"], "attache_callback_duration_seconds"),
-        }
-        self.pg_sample = self.sampler.finish()
-        self.close()
-
-    def close(self) -> None:
-        """Stop the samplers; safe to call more than once."""
-        self.sampler.kill()
-        self.stopped.set()
-        self.poller.join()
-
-    def finish(self) -> Profile:
-        """Return the profile once the fleet's database sessions have ended."""
-        wait_for_sessions_to_end(self.database)
-        counters = self._database_counters()
-        delta = {key: counters[key] - self.counters_before[key] for key in counters}
-        return Profile(
-            commits=delta["commits"],
-            wal_syncs=delta["wal_syncs"],
-            wal_records=delta["wal_records"],
-            outbox_inserts=delta["outbox"],
-            postgres_cpu=self.process_cpu["postgres"],
-            rabbitmq_cpu=self.process_cpu["beam.smp"],
-            source_cpu=self.process_cpu["source"],
-            receiver_cpu=self.process_cpu["receiver"],
-            fetch_mean_seconds=self.fleet_means["fetch"],
-            callback_mean_seconds=self.fleet_means["callback"],
-            fetch_in_flight_mean=_mean(self.in_flight["fetch"]),
-            callback_in_flight_mean=_mean(self.in_flight["callback"]),
-            pg_sample=self.pg_sample,
-        )
-
-
-def wait_for_sessions_to_end(database: infra.Database, timeout: float = 10) -> None:
-    """Wait until no other session is connected to the database, so its statistics are in."""
-    deadline = time.monotonic() + timeout
-    query = (
-        "SELECT count(*) FROM pg_stat_activity"
-        f" WHERE datname = '{database.name}' AND pid <> pg_backend_pid()"
-    )
-    while database.scalar(query) != 0:
-        if time.monotonic() > deadline:
-            raise DemoError(
-                f"sessions of {database.name} were still open {timeout:.0f} s after the fleet"
-                " stopped: look for another client of that database"
-            )
-        time.sleep(0.2)
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
 
 
 # Latency --------------------------------------------------------------------
@@ -503,102 +292,3 @@ def nearest_rank(sorted_values: list[float], fraction: float) -> float:
     # Rounding first keeps 0.95 * 100 at rank 95 despite binary fractions.
     rank = math.ceil(round(fraction * len(sorted_values), 6))
     return sorted_values[min(len(sorted_values), max(1, rank)) - 1]
-
-
-# Memory ---------------------------------------------------------------------
-
-
-@dataclass
-class MemoryRun:
-    scenario: str
-    idle_rss: int
-    peak_rss: int
-    seconds: float
-    # The maximum number of fetch jobs in flight, from polling the worker's gauge.
-    max_in_flight: int = 0
-    notes: list[str] = field(default_factory=list)
-
-
-def measure_stream(ctx: Context) -> MemoryRun:
-    """Peak RSS of a fresh fetch-worker while it streams one large attachment."""
-    settings = ctx.settings
-    ctx.reset()
-    fleet_ = Fleet(ctx.services)
-    fleet_.start(1, {"ATTACHE_FETCH_CONCURRENCY": str(settings.parallel_fetches)})
-    try:
-        pid = fleet_.pids()["fetch-worker-1"]
-        idle = settle_and_read_idle(pid)
-        started = time.monotonic()
-        ctx.submit(fleet_, 1, 1, settings.stream_bytes, "stream")
-        ctx.wait(1)
-        seconds = time.monotonic() - started
-        peak = machine.memory(pid)["VmHWM"]
-    finally:
-        fleet_.stop()
-    return MemoryRun(f"one {size_text(settings.stream_bytes)} stream", idle, peak, seconds)
-
-
-def measure_parallel(ctx: Context) -> MemoryRun:
-    """Peak RSS of a fresh fetch-worker handed every parallel fetch job at once.
-
-    The worker is stopped with SIGSTOP after its idle reading while the
-    tasks are submitted and the relay publishes their jobs, then resumed,
-    so all jobs arrive together up to the prefetch.
-    """
-    settings = ctx.settings
-    count = settings.parallel_fetches
-    ctx.reset()
-    fleet_ = Fleet(ctx.services)
-    fleet_.start(1, {"ATTACHE_FETCH_CONCURRENCY": str(count)})
-    try:
-        pid = fleet_.pids()["fetch-worker-1"]
-        admin_url = fleet_.admin_url("fetch-worker-1")
-        idle = settle_and_read_idle(pid)
-        worker = ctx.services.find("fetch-worker-1")
-        assert worker is not None
-        worker.process.send_signal(signal.SIGSTOP)
-        try:
-            ctx.submit(fleet_, count, 1, settings.parallel_bytes, "parallel", concurrency=16)
-            wait_for_empty_outbox(ctx.database, settings.phase_timeout)
-            started = time.monotonic()
-        finally:
-            worker.process.send_signal(signal.SIGCONT)
-        max_in_flight = watch_in_flight(ctx, admin_url, count)
-        seconds = time.monotonic() - started
-        peak = machine.memory(pid)["VmHWM"]
-    finally:
-        fleet_.stop()
-    scenario = f"{count} fetches of {size_text(settings.parallel_bytes)} at once"
-    return MemoryRun(scenario, idle, peak, seconds, max_in_flight=max_in_flight)
-
-
-def settle_and_read_idle(pid: int) -> int:
-    """Wait for a just-started worker to settle, then return its resident set in bytes."""
-    time.sleep(2)
-    return machine.memory(pid)["VmRSS"]
-
-
-def wait_for_empty_outbox(database: infra.Database, timeout: float) -> None:
-    """Wait until the relay has published every outbox row."""
-    deadline = time.monotonic() + timeout
-    while database.scalar("SELECT count(*) FROM outbox") != 0:
-        if time.monotonic() > deadline:
-            raise DemoError(f"the outbox still had rows after {timeout:.0f} s")
-        time.sleep(0.2)
-
-
-def watch_in_flight(ctx: Context, admin_url: str, tasks: int) -> int:
-    """Poll the fetch gauge until every task's callback arrived; return the highest value."""
-    highest = 0
-    deadline = time.monotonic() + ctx.settings.phase_timeout
-    while fleet.receiver_stats(ctx.receiver.url)["unique_tasks"] < tasks:
-        samples = fleet.scrape(admin_url)
-        highest = max(highest, int(samples.get('attache_jobs_in_flight{queue="fetch"}', 0)))
-        if time.monotonic() > deadline:
-            raise DemoError(
-                f"the parallel fetches did not finish within {ctx.settings.phase_timeout:.0f} s:"
-                f" see the logs in {ctx.run_dir}"
-            )
-        time.sleep(0.05)
-    ctx.wait(tasks)
-    return highest

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .machine import Machine
-from .phases import LatencyRun, MemoryRun, References, ThroughputRun
+from .memory import MemoryRun
+from .phases import LatencyRun, References, ThroughputRun
 from .settings import Settings, size_text
 
 MIB = 1024**2
@@ -94,7 +95,7 @@ def _summary(results: Results) -> str:
         *_latency_rows(results),
         *_memory_rows(results),
         *_scaling_rows(results),
-        ("credentials (S3, GCS, Azure)", "not measured", "see below", "", ""),
+        ("credentials (S3, GCS, Azure)", "not measured", "see Credentials below", "", ""),
     ]
     lines = [
         "## Summary",
@@ -336,7 +337,8 @@ def _profile(results: Results) -> str:
         "",
         "| measure | value |",
         "| --- | --- |",
-        f"| commits in attache_bench per attachment | {per_attachment['commits']:.2f} |",
+        "| transactions committed in attache_bench per attachment (`xact_commit`, which also"
+        f" counts read-only statements and statement preparations) | {per_attachment['commits']:.2f} |",
         f"| WAL syncs per attachment (server-wide) | {per_attachment['wal_syncs']:.2f} |",
         f"| WAL records per attachment (server-wide) | {per_attachment['wal_records']:.1f} |",
         f"| outbox rows inserted per attachment | {per_attachment['outbox']:.2f} |",
@@ -368,12 +370,15 @@ def _profile(results: Results) -> str:
 
 
 def _credentials() -> str:
+    # NOTE: this text states which providers exist and how S3 could be
+    # reached here; rewrite it when a fetcher or a stand-in service changes.
     return """## Credentials
 
-- GCS (`gs://`) and Azure Blob: not measured: provider not implemented.
-- S3 (`s3://`): not measured. The fetcher exists, but the only S3 endpoint
-  on this machine is moto, a Python stand-in, so a figure would measure
-  moto rather than the fetcher or AWS's credential service.
+- Azure Blob: not measured: provider not implemented.
+- S3 (`s3://`) and GCS (`gs://`): not measured. Their fetchers exist, but
+  the only endpoints on this machine are the Python stand-ins that the
+  tests use (moto and gcp-storage-emulator), so a figure would measure the
+  stand-in rather than the fetcher or the providers' credential services.
 """
 
 

@@ -10,7 +10,6 @@ with wrk_report.lua and returns its JSON line.
 """
 
 import json
-import os
 import select
 import shutil
 import signal
@@ -148,7 +147,10 @@ def run_probe(
     post_headers: dict[str, str] | None = None,
     work_dir: Path | None = None,
 ) -> ProbeResult:
-    """Time sequential requests to url with `attache-bench probe`; POST post_body when given."""
+    """Time sequential requests to url with `attache-bench probe`.
+
+    Each request is a GET, or a POST of post_body with post_headers when given.
+    """
     args = ["probe", f"--url={url}", f"--seconds={seconds}"]
     if post_body is not None:
         assert work_dir is not None, "a POST body needs a directory for its file"
@@ -164,12 +166,10 @@ def run_probe(
 class WrkResult:
     requests: int
     seconds: float
-    # Connection, read, write and timeout errors, then HTTP statuses >= 400.
+    # Connection, read, write and timeout errors.
     errors: int
+    # Responses with a status of 400 or above.
     status_errors: int
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
 
     @property
     def rate(self) -> float:
@@ -184,23 +184,8 @@ def require_wrk() -> str:
     return path
 
 
-def run_wrk(
-    url: str,
-    threads: int,
-    connections: int,
-    seconds: float,
-    post_body: bytes | None = None,
-    post_headers: dict[str, str] | None = None,
-    work_dir: Path | None = None,
-) -> WrkResult:
-    """Run wrk against url and return its results; POST post_body when given."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("BENCH_")}
-    if post_body is not None:
-        assert work_dir is not None, "a POST body needs a directory for its file"
-        body_path = work_dir / "wrk-body.json"
-        body_path.write_bytes(post_body)
-        env["BENCH_BODY_FILE"] = str(body_path)
-        env["BENCH_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in (post_headers or {}).items())
+def run_wrk(url: str, threads: int, connections: int, seconds: float) -> WrkResult:
+    """Run wrk's GET load against url and return its results."""
     command = [
         require_wrk(),
         f"-t{threads}",
@@ -212,7 +197,7 @@ def run_wrk(
         str(WRK_SCRIPT),
         url,
     ]
-    result = subprocess.run(command, env=env, capture_output=True, timeout=seconds + 60, check=False)
+    result = subprocess.run(command, capture_output=True, timeout=seconds + 60, check=False)
     output = result.stdout.decode(errors="replace")
     line = next((l for l in output.splitlines() if l.startswith("BENCH_JSON ")), None)
     if result.returncode != 0 or line is None:
@@ -226,7 +211,4 @@ def run_wrk(
         seconds=report["duration_us"] / 1e6,
         errors=report["errors"],
         status_errors=report["status_errors"],
-        p50_ms=report["p50_us"] / 1000,
-        p95_ms=report["p95_us"] / 1000,
-        p99_ms=report["p99_us"] / 1000,
     )

@@ -7,8 +7,9 @@ attachment. Every key of an expected attachment must equal the key in the
 callback (`status`, `error_code`, `content_type`, ...), except
 `error_message_contains`, a text that the attachment's `error_message` must
 contain. The request may contain placeholders, which `fill_placeholders`
-replaces: {{CALLBACK_URL}}, {{FILES_URL}} and {{S3:BUCKET:OBJECT}}.
-examples/README.md describes the format with the demo's teams and buckets.
+replaces: {{CALLBACK_URL}}, {{FILES_URL}}, {{S3:BUCKET:OBJECT}} and
+{{GCS:BUCKET:OBJECT}}. examples/README.md describes the format with the
+demo's teams and buckets.
 """
 
 import hashlib
@@ -22,8 +23,10 @@ TASK_STATUSES = ("succeeded", "partially_failed", "failed")
 ATTACHMENT_STATUSES = ("succeeded", "failed")
 
 # The teams that submit examples. "demo" has delegated S3 access through
-# customer A's role, and "cross-account" has none.
-TEAMS = ("demo", "cross-account")
+# customer A's role, and "cross-account" has none. "impersonating" reads
+# gs:// objects through its own service account, and "cross-project" with
+# ours.
+TEAMS = ("demo", "cross-account", "impersonating", "cross-project")
 DEFAULT_TEAM = "demo"
 
 # The key of an expected attachment whose value is a text that the
@@ -165,27 +168,28 @@ class LocalFiles:
 
 @dataclass(frozen=True)
 class Sources:
-    """The sources whose content the demo can check: its file server and moto's buckets."""
+    """The sources whose content the demo can check: its file server and the emulated buckets."""
 
     files: LocalFiles
-    s3_objects: dict[str, ExpectedContent]
+    # The objects created in moto and in gcp-storage-emulator, by s3:// or gs:// URI.
+    bucket_objects: dict[str, ExpectedContent]
 
     def expected_content(self, uri: str) -> ExpectedContent | None:
         """Return what a fetch of uri must report, or None when uri is not one of ours."""
-        if uri in self.s3_objects:
-            return self.s3_objects[uri]
+        if uri in self.bucket_objects:
+            return self.bucket_objects[uri]
         path = self.files.path_of(uri)
         return None if path is None else ExpectedContent.of(path.read_bytes())
 
     def display_name(self, uri: str) -> str:
         """Shorten uri for the table.
 
-        An s3:// URI is shown whole, with each non-ASCII character escaped as
-        \\uXXXX, because two of the fixture's keys differ only in a composed
-        or decomposed é, and a combining character breaks the table's
-        alignment.
+        An s3:// or gs:// URI is shown whole, with each non-ASCII character
+        escaped as \\uXXXX, because two of the S3 fixture's keys differ only
+        in a composed or decomposed é, and a combining or wide character
+        breaks the table's alignment.
         """
-        if uri.startswith("s3://"):
+        if uri.startswith(("s3://", "gs://")):
             return "".join(char if char.isascii() else f"\\u{ord(char):04x}" for char in uri)
         return self.files.display_name(uri)
 

@@ -1,40 +1,30 @@
 """moto as the demo's AWS: its server process and what scripts/aws_fixture.py creates in it.
 
-`MotoServer.start` runs `python -m moto.server` on a free loopback port in a
-session of its own, and writes its pid to RUN_DIR/moto.pid while it runs,
-so scripts/demo.sh can stop it if the demo dies first. `stop` ends it by
-that pid. `run_fixture` runs the fixture script once against a fresh server
-and returns its output as an `AwsFixture`. The script's docstring describes
+`start_moto` runs `python -m moto.server` on a free loopback port as a
+`ServerProcess` (processes.py), which writes its pid to RUN_DIR/moto.pid
+while it runs, so scripts/demo.sh can stop it if the demo dies first.
+`run_fixture` runs the fixture script once against a fresh server and
+returns its output as an `AwsFixture`. The script's docstring describes
 the accounts, roles, buckets and object keys.
 """
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import DemoError
-from .api import answers_ok
 from .examples import ExpectedContent
-from .services import free_port, tail
+from .processes import ServerCommand, ServerProcess
 
 FIXTURE_SCRIPT = Path(__file__).resolve().parent.parent / "aws_fixture.py"
 
-# moto responded within a second of its start in trial runs. The rest is
-# margin for a loaded machine.
-START_TIMEOUT_SECONDS = 60
-# Another process may take the free port before moto binds it, so a failed
-# start is tried again on a new port.
-START_ATTEMPTS = 3
 # The fixture sends about 90 requests, eight of them with 1 MiB bodies,
 # which took under 2 s in trial runs. The rest is margin.
 FIXTURE_TIMEOUT_SECONDS = 180
-STOP_GRACE_SECONDS = 10
 
 
 def moto_env() -> dict[str, str]:
@@ -54,84 +44,18 @@ def moto_env() -> dict[str, str]:
     return env
 
 
-class MotoServer:
-    """A moto server process on 127.0.0.1, with its log and pid file in the run directory."""
+def moto_arguments(port: int) -> list[str]:
+    """Return the arguments after `python` that start moto on port."""
+    return ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
 
-    def __init__(
-        self, process: subprocess.Popen[bytes], url: str, log_path: Path, pid_path: Path
-    ) -> None:
-        self.process = process
-        self.url = url
-        self.log_path = log_path
-        self.pid_path = pid_path
 
-    @classmethod
-    def start(cls, run_dir: Path) -> "MotoServer":
-        """Start moto with this interpreter and wait until it responds.
+def start_moto(run_dir: Path) -> ServerProcess:
+    """Start moto on a free loopback port and wait until it responds.
 
-        Raises DemoError with moto's log tail when no attempt succeeds.
-        """
-        failures = []
-        for _ in range(START_ATTEMPTS):
-            server = cls._spawn(run_dir)
-            failure = server._wait_until_responding()
-            if failure is None:
-                return server
-            server.stop()
-            failures.append(failure)
-        log_path = run_dir / "moto.log"
-        raise DemoError(
-            f"moto failed to start {START_ATTEMPTS} times: {'; '.join(failures)}."
-            f" Last lines of {log_path}:\n{tail(log_path, 30)}"
-            "moto comes from scripts/requirements.txt: run scripts/python-env.sh."
-        )
-
-    @classmethod
-    def _spawn(cls, run_dir: Path) -> "MotoServer":
-        port = free_port()
-        log_path = run_dir / "moto.log"
-        pid_path = run_dir / "moto.pid"
-        with log_path.open("ab") as log:
-            # A session of its own keeps a Ctrl-C in the terminal from
-            # reaching moto directly, as for the binaries.
-            process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                env=moto_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        pid_path.write_text(f"{process.pid}\n")
-        return cls(process, f"http://127.0.0.1:{port}", log_path, pid_path)
-
-    def _wait_until_responding(self) -> str | None:
-        """Poll moto until it responds and return None, else return why it did not."""
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return f"moto at {self.url} exited with status {self.process.returncode}"
-            if answers_ok(f"{self.url}/moto-api/"):
-                return None
-            time.sleep(0.2)
-        return f"moto at {self.url} did not respond within {START_TIMEOUT_SECONDS} s"
-
-    def stop(self) -> str | None:
-        """Stop moto with SIGTERM, or with SIGKILL after a grace period.
-
-        Returns a warning when SIGKILL was needed.
-        """
-        warning = None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                warning = f"moto ignored SIGTERM for {STOP_GRACE_SECONDS} s and was killed"
-        self.pid_path.unlink(missing_ok=True)
-        return warning
+    Raises DemoError with moto's log tail when it does not start.
+    """
+    command = ServerCommand("moto", "moto", moto_arguments, "/moto-api/", moto_env())
+    return ServerProcess.start(run_dir, command)
 
 
 # The fields of the fixture's "vendor" object, our identity.

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from . import DemoError
 from .api import ApiClient
-from .moto import AwsFixture, MotoServer, run_fixture
+from .moto import AwsFixture, run_fixture, start_moto
+from .processes import ServerProcess
 from .services import Services, free_port
 from .sts_front import StsFront
 
@@ -48,7 +49,7 @@ def say(message: str) -> None:
 class DemoAws:
     """moto with the fixture set up, and the STS front before it."""
 
-    moto: MotoServer
+    moto: ServerProcess
     fixture: AwsFixture
     sts_front: StsFront
 
@@ -70,7 +71,7 @@ def start_aws(
     """
     external_ids = read_external_ids(services, [api_key_a, api_key_b], ready_timeout)
 
-    moto = MotoServer.start(run_dir)
+    moto = start_moto(run_dir)
     stack.callback(warn_if_needed, moto.stop)
     say(f"moto is AWS at {moto.url}, with its IAM checks on after the set-up")
     fixture = run_fixture(moto.url, external_id_a=external_ids[0], external_id_b=external_ids[1])

@@ -241,20 +241,20 @@ def create_team(services: Services, name: str) -> dict[str, str]:
     return team
 
 
-def start_binaries(services: Services, aws_env: dict[str, str] | None = None) -> str:
+def start_binaries(services: Services, cloud_env: dict[str, str] | None = None) -> str:
     """Start the API and both workers, and return the API's base URL.
 
-    aws_env contains the ATTACHE_AWS_* settings, which only the producer
-    and the fetch-worker read.
+    cloud_env contains the ATTACHE_AWS_* and ATTACHE_GCP_* settings, which
+    only the producer and the fetch-worker read.
     """
-    aws_env = aws_env or {}
+    cloud_env = cloud_env or {}
     api_addr = f"127.0.0.1:{free_port()}"
     services.start(
         "producer",
         "attache-producer",
         "serve",
         env={
-            **aws_env,
+            **cloud_env,
             "ATTACHE_API_ADDR": api_addr,
             "ATTACHE_ADMIN_ADDR": f"127.0.0.1:{free_port()}",
         },
@@ -262,7 +262,7 @@ def start_binaries(services: Services, aws_env: dict[str, str] | None = None) ->
     services.start(
         "fetch-worker",
         "attache-fetch-worker",
-        env={**aws_env, "ATTACHE_ADMIN_ADDR": f"127.0.0.1:{free_port()}"},
+        env={**cloud_env, "ATTACHE_ADMIN_ADDR": f"127.0.0.1:{free_port()}"},
     )
     services.start(
         "callback-worker",
