@@ -25,7 +25,7 @@ const FAILURE_TTL: Duration = Duration::from_secs(10);
 /// Cached roles kept at most; expired ones are dropped first.
 const MAX_CACHED_ROLES: usize = 10_000;
 
-/// Why a role could not be assumed.
+/// The reason a role could not be assumed.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum AssumeError {
     /// STS refused: the trust policy does not let us in with this External
@@ -95,7 +95,7 @@ impl Aws {
         }
     }
 
-    /// The ARN of the role a team with `account_id` creates.
+    /// Returns the ARN of the role a team with `account_id` creates.
     pub fn role_arn(&self, account_id: &str) -> String {
         format!("arn:aws:iam::{account_id}:role/{}", self.args.aws_role_name)
     }
@@ -170,7 +170,7 @@ impl Aws {
         };
         CREDENTIAL_REQUESTS.with_label_values(&["aws", "ok"]).inc();
         let credentials = response.credentials().ok_or_else(|| {
-            AssumeError::Unavailable("STS answered without credentials".to_owned())
+            AssumeError::Unavailable("STS returned no credentials".to_owned())
         })?;
         let expiry = SystemTime::try_from(*credentials.expiration()).ok();
         Ok(Credentials::new(

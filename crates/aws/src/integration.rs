@@ -39,7 +39,7 @@ pub fn validate_account_id(account_id: &str) -> Result<(), String> {
 }
 
 impl Aws {
-    /// The principal customers' trust policies name.
+    /// Returns the principal that customers' trust policies name.
     pub fn principal_arn(&self) -> String {
         self.args.aws_principal_arn.clone().unwrap_or_else(|| {
             format!(
@@ -57,7 +57,7 @@ impl Aws {
         )
     }
 
-    /// The trust policy the team's role needs.
+    /// Returns the trust policy the team's role needs.
     pub fn trust_policy(&self, external_id: &str) -> Value {
         json!({
             "Version": "2012-10-17",
@@ -99,7 +99,7 @@ impl Aws {
     }
 }
 
-/// The permission policy a team's role needs to let us read `bucket`.
+/// Returns the permission policy a team's role needs to let us read `bucket`.
 pub fn permission_policy(bucket: &str) -> Value {
     json!({
         "Version": "2012-10-17",
@@ -111,7 +111,7 @@ pub fn permission_policy(bucket: &str) -> Value {
     })
 }
 
-/// Why a team's role cannot be activated.
+/// The reason a team's role cannot be activated.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error(

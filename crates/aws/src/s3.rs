@@ -79,7 +79,7 @@ impl Aws {
         for owner in owners {
             match self.get_in_region(identity, bucket, key, owner).await {
                 Ok(object) => return Ok(object),
-                // A bucket of another owner answers 403: try the next.
+                // A bucket of another owner returns 403, so try the next owner.
                 Err(error) if owner.is_some() && error.code == ErrorCode::AccessDenied => {
                     last = Some(error)
                 }
@@ -202,7 +202,7 @@ impl Aws {
     }
 }
 
-/// What one GetObject produced when it failed.
+/// The failure of one GetObject.
 enum Failure {
     /// S3 named another region for the bucket.
     Redirect(String),

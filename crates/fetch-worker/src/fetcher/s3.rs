@@ -1,4 +1,4 @@
-//! `s3://` objects, read with the S3 API as the team's access path says.
+//! `s3://` objects, read with the S3 API through the team's access path.
 //!
 //! Delegated teams' fetches assume the team's role (cached, one STS call
 //! per role however many fetches wait); a failed AssumeRole fails the
