@@ -446,3 +446,40 @@ async fn corrupted_transfer_fails_the_checksum_and_is_retried() {
     );
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expired_credentials_are_renewed_once() {
+    let world = AwsWorld::start(8).await;
+    let team = &world.deployment.team;
+    let (status, _) = world
+        .link(team, json!({"account_id": world.account("a")}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let calls_before = world.sts.assume_role_calls();
+    world.s3.expire_next_get();
+    let payload = world
+        .run_task(team, &[world.uri("customer_a", "space")])
+        .await;
+
+    let attachment = &payload["data"]["attachments"][0];
+    assert_eq!(attachment["status"], "succeeded", "{attachment}");
+    assert_eq!(
+        attachment["sha256"],
+        world.object("customer_a", "space")["sha256"]
+    );
+    assert_eq!(
+        world.sts.assume_role_calls() - calls_before,
+        2,
+        "the first credentials, then one renewal"
+    );
+    let attempts: i32 = world
+        .deployment
+        .database()
+        .await
+        .query_one("SELECT attempts FROM attachments", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 1, "renewed within the same attempt");
+    world.stop().await;
+}

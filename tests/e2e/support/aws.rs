@@ -273,6 +273,8 @@ struct RecordingShared {
     redirect_next_get: Mutex<Option<String>>,
     /// Whether to change one byte of the next GET's response body.
     corrupt_next_get: std::sync::atomic::AtomicBool,
+    /// Whether to answer the next GET as S3 answers expired credentials.
+    expire_next_get: std::sync::atomic::AtomicBool,
 }
 
 impl RecordingProxy {
@@ -282,6 +284,7 @@ impl RecordingProxy {
             requests: Mutex::default(),
             redirect_next_get: Mutex::default(),
             corrupt_next_get: std::sync::atomic::AtomicBool::new(false),
+            expire_next_get: std::sync::atomic::AtomicBool::new(false),
         });
         let addr = serve(Router::new().fallback(record).with_state(shared.clone())).await;
         Self { addr, shared }
@@ -295,6 +298,12 @@ impl RecordingProxy {
     /// a request sent to the wrong region: 301 naming `region`.
     pub fn redirect_next_get(&self, region: &str) {
         *self.shared.redirect_next_get.lock().unwrap() = Some(region.to_owned());
+    }
+
+    /// Answers the next GET with 400 ExpiredToken, as S3 answers a request
+    /// signed with temporary credentials that have expired.
+    pub fn expire_next_get(&self) {
+        self.shared.expire_next_get.store(true, Ordering::SeqCst);
     }
 
     /// Changes the last byte of the next GET's response body, keeping its
@@ -329,6 +338,19 @@ async fn record(State(shared): State<Arc<RecordingShared>>, request: Request) ->
                 ("x-amz-bucket-region", region),
                 ("content-type", "application/xml".to_owned()),
             ],
+            body,
+        )
+            .into_response();
+    }
+    if request.method() == Method::GET && shared.expire_next_get.swap(false, Ordering::SeqCst) {
+        let body = concat!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n",
+            "<Error><Code>ExpiredToken</Code>",
+            "<Message>The provided token has expired.</Message></Error>"
+        );
+        return (
+            StatusCode::BAD_REQUEST,
+            [("content-type", "application/xml")],
             body,
         )
             .into_response();
