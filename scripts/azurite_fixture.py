@@ -28,8 +28,8 @@ import sys
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
 ACCOUNT = "devstoreaccount1"
-# Azurite's development account key, published in Azurite's README; it
-# grants nothing outside the emulator.
+# Azurite's well-known development account key, the same in every Azurite;
+# it grants nothing outside the emulator.
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv at the repository root and installs scripts/requirements.txt.
+# Creates .venv at the repository root and installs scripts/requirements.txt,
+# then installs Azurite into .tools/azurite (scripts/install-azurite.sh),
+# which the Blob Storage tests run beside the Python stand-ins.
 #
 # Safe to run again: it skips pip when .venv/requirements.sha256 matches the
 # hash of the requirements and the venv's Python version.
@@ -26,6 +28,8 @@ if [[ ! -d $venv ]]; then
     python3 -m venv "$venv" ||
         die "python3 -m venv $venv failed: on Debian install python3-venv (scripts/ensure-services.sh does)"
 fi
+
+"$repo/scripts/install-azurite.sh"
 
 wanted=$( (cat "$requirements"; "$venv/bin/python" --version) | sha256sum | cut -d ' ' -f 1)
 if [[ -f $stamp && $(cat "$stamp") == "$wanted" ]]; then

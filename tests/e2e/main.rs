@@ -9,6 +9,7 @@
 //! broker as guest).
 
 mod api;
+mod azure;
 mod delivery;
 mod egress;
 mod gcs;

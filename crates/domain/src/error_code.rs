@@ -103,6 +103,12 @@ error_codes! {
     /// Attaché's service account lacks Service Account Token Creator on it,
     /// or it does not exist.
     ImpersonationDenied => ("impersonation_denied", false),
+    /// An Azure blob could not be read anonymously and the team has not
+    /// linked Azure, so no tenant token may be used for it.
+    AzureNotLinked => ("azure_not_linked", false),
+    /// The team's Azure tenant refused a token for Attaché's application:
+    /// consent was never given there or the application was removed.
+    AzureConsentMissing => ("azure_consent_missing", false),
 }
 
 impl fmt::Display for ErrorCode {

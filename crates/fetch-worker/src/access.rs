@@ -3,7 +3,10 @@
 //! The rule customers rely on lives here and nowhere else: once a team has
 //! activated delegated access for a provider, its URIs of that provider are
 //! read only through the delegation, never with our own identity, and a
-//! failed delegation fails the attachment.
+//! failed delegation fails the attachment. For Azure the same holds
+//! between the tenant link and anonymous access: a linked team's blobs are
+//! read only with a token for the tenant recorded at consent, and an
+//! unlinked team's anonymously.
 
 use attache_domain::Provider;
 use attache_store::fetches::FetchTarget;
@@ -25,6 +28,8 @@ pub enum AccessPath {
     GcpOwn,
     /// The team's service account, impersonated by ours.
     GcpImpersonated { service_account: String },
+    /// Our service principal in the tenant that granted the team's consent.
+    AzureTenant { tenant: String },
 }
 
 impl AccessPath {
@@ -36,6 +41,7 @@ impl AccessPath {
             Self::AwsRole { .. } => "delegated",
             Self::GcpOwn => "cross_project",
             Self::GcpImpersonated { .. } => "impersonated",
+            Self::AzureTenant { .. } => "service_principal",
         }
     }
 }
@@ -55,7 +61,19 @@ pub fn resolve(
         Provider::Http => Some(AccessPath::Anonymous),
         Provider::S3 => Some(aws_path(target)),
         Provider::Gcs => Some(gcp_path(target)),
-        Provider::AzureBlob => None,
+        Provider::AzureBlob => Some(azure_path(target)),
+    }
+}
+
+fn azure_path(target: &FetchTarget) -> AccessPath {
+    let azure = &target.azure;
+    match (&azure.linked_at, &azure.tenant) {
+        (Some(_), Some(tenant)) => AccessPath::AzureTenant {
+            tenant: tenant.clone(),
+        },
+        // Linking stores the tenant with the link time and unlinking clears
+        // both, so a linked team always has a tenant.
+        _ => AccessPath::Anonymous,
     }
 }
 
@@ -87,7 +105,7 @@ fn aws_path(target: &FetchTarget) -> AccessPath {
 #[cfg(test)]
 mod tests {
     use attache_domain::{AttachmentId, AttachmentStatus, TaskId, TeamId};
-    use attache_store::integrations::{AwsIntegration, GcpIntegration};
+    use attache_store::integrations::{AwsIntegration, AzureIntegration, GcpIntegration};
 
     use super::*;
 
@@ -106,6 +124,7 @@ mod tests {
             retry_window_start: chrono::Utc::now(),
             aws,
             gcp,
+            azure: AzureIntegration::default(),
         }
     }
 
@@ -180,6 +199,30 @@ mod tests {
         assert_eq!(
             resolve(&unlinked, Provider::Gcs, |_| true),
             Some(AccessPath::GcpOwn)
+        );
+    }
+
+    #[test]
+    fn linked_team_uses_only_its_tenant() {
+        let mut linked = target(AwsIntegration::default());
+        linked.azure = AzureIntegration {
+            tenant: Some("contoso.onmicrosoft.com".to_owned()),
+            linked_at: Some(chrono::Utc::now()),
+        };
+        assert_eq!(
+            resolve(&linked, Provider::AzureBlob, |_| true),
+            Some(AccessPath::AzureTenant {
+                tenant: "contoso.onmicrosoft.com".to_owned()
+            })
+        );
+        let unlinked = target(AwsIntegration::default());
+        assert_eq!(
+            resolve(&unlinked, Provider::AzureBlob, |_| true),
+            Some(AccessPath::Anonymous)
+        );
+        assert_eq!(
+            resolve(&linked, Provider::AzureBlob, |p| p != Provider::AzureBlob),
+            None
         );
     }
 }

@@ -53,6 +53,8 @@ pub struct FetchWorkerConfig {
     pub aws: attache_aws::AwsArgs,
     #[command(flatten)]
     pub gcp: attache_gcp::GcpArgs,
+    #[command(flatten)]
+    pub azure: attache_azure::AzureArgs,
 
     /// Address of the admin server (/healthz, /readyz, /metrics).
     #[arg(long, env = "ATTACHE_ADMIN_ADDR", default_value = "127.0.0.1:9081")]
@@ -189,6 +191,10 @@ impl FetchWorker {
         } else {
             None
         };
+        let azure = config
+            .azure
+            .enabled()
+            .then(|| Arc::new(attache_azure::Azure::new(&config.azure, egress.clone())));
         let attachment_store = Arc::new(LocalDirStore::new(config.store_dir.clone()));
         // Uploads older than the longest fetch are abandoned by a killed
         // worker; a running upload of another replica is younger.
@@ -202,7 +208,7 @@ impl FetchWorker {
         });
         let handler = FetchHandler {
             store,
-            fetchers: Fetchers::new(egress, aws, gcp),
+            fetchers: Fetchers::new(egress, aws, gcp, azure),
             attachments: attachment_store.clone(),
             retry: config.retry_policy(),
             max_bytes: config.max_attachment_bytes,

@@ -36,12 +36,14 @@ pub struct ProducerConfig {
     pub aws: attache_aws::AwsArgs,
     #[command(flatten)]
     pub gcp: attache_gcp::GcpArgs,
+    #[command(flatten)]
+    pub azure: attache_azure::AzureArgs,
 
     /// The egress pool, as for the workers. The API rejects attachment and
     /// callback URLs whose host is a non-public IP literal outside
-    /// `egress_allow_cidrs`. The pool itself is built only when GCP is
-    /// configured, for the IAM Credentials and Cloud Storage requests of
-    /// the GCP integration routes.
+    /// `egress_allow_cidrs`. The pool itself is built only when GCP or
+    /// Azure is configured, for the token and storage requests of their
+    /// integration routes.
     #[command(flatten)]
     pub egress: attache_egress::EgressArgs,
 
@@ -136,11 +138,22 @@ impl Producer {
                 attache_aws::Aws::new(&config.aws).await,
             ));
         }
-        if config.gcp.enabled() {
+        let egress = if config.gcp.enabled() || config.azure.enabled() {
+            Some(egress_pool(&config.egress)?)
+        } else {
+            None
+        };
+        if let (true, Some(egress)) = (config.gcp.enabled(), &egress) {
             state = state.with_gcp(std::sync::Arc::new(attache_gcp::Gcp::new(
                 &config.gcp,
-                egress_pool(&config.egress)?,
+                egress.clone(),
             )?));
+        }
+        if let (true, Some(egress)) = (config.azure.enabled(), egress) {
+            state = state.with_azure(std::sync::Arc::new(attache_azure::Azure::new(
+                &config.azure,
+                egress,
+            )));
         }
         let router = api::router(state);
         axum::serve(api, router)
@@ -154,7 +167,8 @@ impl Producer {
     }
 }
 
-/// Builds the producer's egress pool, for the GCP integration routes.
+/// Builds the producer's egress pool, for the GCP and Azure integration
+/// routes.
 fn egress_pool(args: &attache_egress::EgressArgs) -> anyhow::Result<attache_egress::Egress> {
     let settings = attache_egress::EgressSettings {
         connect_timeout: std::time::Duration::from_secs(10),

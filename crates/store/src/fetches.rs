@@ -38,6 +38,8 @@ pub struct FetchTarget {
     /// The team's Google Cloud settings, which decide how `gs://` objects
     /// are read.
     pub gcp: crate::integrations::GcpIntegration,
+    /// The team's Azure link, which decides how Azure blobs are read.
+    pub azure: crate::integrations::AzureIntegration,
 }
 
 /// The outcome of one fetch attempt.
@@ -110,7 +112,8 @@ impl Store {
                 "SELECT a.id, a.task_id, t.team_id, a.uri, a.status, a.attempts, a.retry_window_start,
                         team.aws_external_id, team.aws_account_id, team.aws_linked_at,
                         team.aws_bucket_owners, team.gcp_identifier,
-                        team.gcp_service_account, team.gcp_linked_at
+                        team.gcp_service_account, team.gcp_linked_at,
+                        team.azure_tenant, team.azure_linked_at
                  FROM attachments a JOIN tasks t ON t.id = a.task_id
                  JOIN teams team ON team.id = t.team_id
                  WHERE a.id = $1",
@@ -136,6 +139,10 @@ impl Store {
                 identifier: row.get("gcp_identifier"),
                 service_account: row.get("gcp_service_account"),
                 linked_at: row.get("gcp_linked_at"),
+            },
+            azure: crate::integrations::AzureIntegration {
+                tenant: row.get("azure_tenant"),
+                linked_at: row.get("azure_linked_at"),
             },
         }))
     }

@@ -1,5 +1,6 @@
 //! Teams' integration settings for cloud storage providers: AWS delegated
-//! access and Google Cloud impersonation.
+//! access, Google Cloud impersonation and the Azure tenant link with its
+//! pending admin consents.
 
 use attache_domain::TeamId;
 use chrono::{DateTime, Utc};
@@ -143,6 +144,126 @@ impl Store {
         client
             .execute(
                 "UPDATE teams SET gcp_linked_at = NULL WHERE id = $1",
+                &[&team_id.0],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// A team's Azure link.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AzureIntegration {
+    /// The tenant that granted admin consent; the only tenant tokens are
+    /// requested in for the team.
+    pub tenant: Option<String>,
+    /// Set while the link is active.
+    pub linked_at: Option<DateTime<Utc>>,
+}
+
+/// The result of looking up and consuming a consent redirect's `state`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsentState {
+    /// Valid and now used: the team that requested the consent.
+    Valid(TeamId),
+    /// Issued, but its time ran out before it was presented.
+    Expired,
+    /// Issued and already presented once.
+    Used,
+    /// Never issued by us.
+    Unknown,
+}
+
+impl Store {
+    /// Reads a team's Azure link.
+    pub async fn azure_integration(&self, team_id: TeamId) -> Result<AzureIntegration> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT azure_tenant, azure_linked_at FROM teams WHERE id = $1",
+                &[&team_id.0],
+            )
+            .await?;
+        Ok(AzureIntegration {
+            tenant: row.get("azure_tenant"),
+            linked_at: row.get("azure_linked_at"),
+        })
+    }
+
+    /// Stores the hash of a consent `state` for the team, valid for
+    /// `ttl`, and deletes states that expired a day ago or more.
+    pub async fn create_azure_consent_state(
+        &self,
+        team_id: TeamId,
+        state_hash: &[u8],
+        ttl: std::time::Duration,
+    ) -> Result<DateTime<Utc>> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "DELETE FROM azure_consent_states WHERE expires_at < now() - interval '1 day'",
+                &[],
+            )
+            .await?;
+        let seconds = ttl.as_secs_f64();
+        let row = client
+            .query_one(
+                "INSERT INTO azure_consent_states (state_hash, team_id, expires_at)
+                 VALUES ($1, $2, now() + make_interval(secs => $3))
+                 RETURNING expires_at",
+                &[&state_hash, &team_id.0, &seconds],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Marks a consent state used, if it is valid and unused, and returns
+    /// its team. Two concurrent redirects with one state get `Valid` once.
+    pub async fn consume_azure_consent_state(&self, state_hash: &[u8]) -> Result<ConsentState> {
+        let client = self.pool.get().await?;
+        let consumed = client
+            .query_opt(
+                "UPDATE azure_consent_states SET used_at = now()
+                 WHERE state_hash = $1 AND used_at IS NULL AND expires_at > now()
+                 RETURNING team_id",
+                &[&state_hash],
+            )
+            .await?;
+        if let Some(row) = consumed {
+            return Ok(ConsentState::Valid(TeamId(row.get(0))));
+        }
+        let existing = client
+            .query_opt(
+                "SELECT used_at IS NOT NULL AS used FROM azure_consent_states WHERE state_hash = $1",
+                &[&state_hash],
+            )
+            .await?;
+        Ok(match existing {
+            None => ConsentState::Unknown,
+            Some(row) if row.get::<_, bool>("used") => ConsentState::Used,
+            Some(_) => ConsentState::Expired,
+        })
+    }
+
+    /// Links the team to `tenant`.
+    pub async fn link_azure(&self, team_id: TeamId, tenant: &str) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE teams SET azure_tenant = $2, azure_linked_at = now() WHERE id = $1",
+                &[&team_id.0, &tenant],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Unlinks the team: its tenant is forgotten, so its blob URLs are read
+    /// anonymously again.
+    pub async fn unlink_azure(&self, team_id: TeamId) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE teams SET azure_tenant = NULL, azure_linked_at = NULL WHERE id = $1",
                 &[&team_id.0],
             )
             .await?;

@@ -42,6 +42,9 @@ pub struct Options {
     /// Google Cloud settings of the producer and fetch-worker; disabled by
     /// default.
     pub gcp: attache_gcp::GcpArgs,
+    /// Azure settings of the producer and fetch-worker; disabled by
+    /// default.
+    pub azure: attache_azure::AzureArgs,
 }
 
 impl Default for Options {
@@ -55,6 +58,7 @@ impl Default for Options {
             fetch_concurrency: 8,
             aws: attache_aws::AwsArgs::default(),
             gcp: attache_gcp::GcpArgs::default(),
+            azure: attache_azure::AzureArgs::default(),
             limits: Limits {
                 max_attachments_per_task: 10,
                 max_metadata_bytes: 1024,
@@ -154,6 +158,7 @@ impl Deployment {
             },
             aws: options.aws.clone(),
             gcp: options.gcp.clone(),
+            azure: options.azure.clone(),
             api_addr: loopback,
             admin_addr: loopback,
         })
@@ -167,6 +172,7 @@ impl Deployment {
             egress: egress.clone(),
             aws: options.aws.clone(),
             gcp: options.gcp.clone(),
+            azure: options.azure.clone(),
             admin_addr: loopback,
             fetch_concurrency: options.fetch_concurrency,
             store_dir: store_dir.path().to_owned(),

@@ -92,3 +92,17 @@ pub async fn serve(router: Router) -> SocketAddr {
     tokio::spawn(async move { axum::serve(listener, router).await });
     addr
 }
+
+/// Serves `router` on a free loopback port with peer addresses available
+/// to handlers, and returns its address.
+pub async fn serve_with_peers(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a loopback port succeeds");
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).await });
+    addr
+}

@@ -27,7 +27,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::forward::Upstream;
+use super::forward::{Upstream, serve_with_peers};
 
 /// Maximum generateAccessToken body size that `MockIam` reads.
 const MAX_IAM_BODY: usize = 64 * 1024;
@@ -496,18 +496,4 @@ async fn front_storage(
 fn google_error(status: StatusCode, message: &str) -> Response {
     let body = json!({"error": {"code": status.as_u16(), "message": message}});
     (status, axum::Json(body)).into_response()
-}
-
-/// Serves `router` on a free loopback port with peer addresses available
-/// to handlers, and returns its address.
-async fn serve_with_peers(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binding a loopback port succeeds");
-    let addr = listener
-        .local_addr()
-        .expect("a bound listener has an address");
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move { axum::serve(listener, service).await });
-    addr
 }

@@ -2,6 +2,7 @@
 //! file sources and callback receivers.
 
 pub mod aws;
+pub mod azure;
 mod env;
 mod forward;
 pub mod gcp;

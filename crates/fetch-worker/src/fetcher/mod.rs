@@ -4,6 +4,7 @@
 //! the handler streams the body into the attachment store, counting and
 //! hashing it, so size limits and digests work the same for every provider.
 
+mod azure;
 mod gcs;
 mod http;
 mod s3;
@@ -19,6 +20,7 @@ use futures_util::stream::BoxStream;
 
 use crate::access::AccessPath;
 
+pub use azure::AzureFetcher;
 pub use gcs::GcsFetcher;
 pub use http::HttpFetcher;
 pub use s3::S3Fetcher;
@@ -87,11 +89,13 @@ pub struct Fetchers {
 
 impl Fetchers {
     /// The fetchers of a deployment whose plain HTTP goes through `egress`,
-    /// with S3 when `aws` is configured and Cloud Storage when `gcp` is.
+    /// with S3 when `aws` is configured, Cloud Storage when `gcp` is and
+    /// Blob Storage when `azure` is.
     pub fn new(
         egress: Egress,
         aws: Option<Arc<attache_aws::Aws>>,
         gcp: Option<Arc<attache_gcp::Gcp>>,
+        azure: Option<Arc<attache_azure::Azure>>,
     ) -> Self {
         let mut by_provider: HashMap<Provider, Arc<dyn Fetcher>> = HashMap::new();
         by_provider.insert(Provider::Http, Arc::new(HttpFetcher::new(egress)));
@@ -100,6 +104,9 @@ impl Fetchers {
         }
         if let Some(gcp) = gcp {
             by_provider.insert(Provider::Gcs, Arc::new(GcsFetcher::new(gcp)));
+        }
+        if let Some(azure) = azure {
+            by_provider.insert(Provider::AzureBlob, Arc::new(AzureFetcher::new(azure)));
         }
         Self { by_provider }
     }

@@ -38,6 +38,10 @@ pub mod paths {
     pub const AWS_VERIFY: &str = "/v1/integrations/aws/verify";
     pub const GCP: &str = "/v1/integrations/gcp";
     pub const GCP_VERIFY: &str = "/v1/integrations/gcp/verify";
+    pub const AZURE: &str = "/v1/integrations/azure";
+    pub const AZURE_CONNECT: &str = "/v1/integrations/azure/connect";
+    pub const AZURE_CONSENT: &str = "/v1/integrations/azure/consent";
+    pub const AZURE_VERIFY: &str = "/v1/integrations/azure/verify";
     pub const OPENAPI: &str = "/v1/openapi.json";
 
     /// Every (method, path) pair the router serves.
@@ -53,6 +57,11 @@ pub mod paths {
         ("put", GCP),
         ("delete", GCP),
         ("post", GCP_VERIFY),
+        ("get", AZURE),
+        ("delete", AZURE),
+        ("post", AZURE_CONNECT),
+        ("get", AZURE_CONSENT),
+        ("post", AZURE_VERIFY),
         ("get", OPENAPI),
     ];
 }
@@ -95,6 +104,7 @@ struct Inner {
     policy: DestinationPolicy,
     aws: Option<Arc<attache_aws::Aws>>,
     gcp: Option<Arc<attache_gcp::Gcp>>,
+    azure: Option<Arc<attache_azure::Azure>>,
 }
 
 impl AppState {
@@ -109,6 +119,7 @@ impl AppState {
                 policy,
                 aws: None,
                 gcp: None,
+                azure: None,
             }),
         }
     }
@@ -139,6 +150,23 @@ impl AppState {
         }
     }
 
+    /// Enables Azure blob attachments and the Azure integration routes.
+    pub fn with_azure(self, azure: Arc<attache_azure::Azure>) -> Self {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
+            unreachable!("with_azure is called while building, before the state is shared")
+        });
+        Self {
+            inner: Arc::new(Inner {
+                azure: Some(azure),
+                ..inner
+            }),
+        }
+    }
+
+    fn azure(&self) -> Option<&Arc<attache_azure::Azure>> {
+        self.inner.azure.as_ref()
+    }
+
     fn aws(&self) -> Option<&Arc<attache_aws::Aws>> {
         self.inner.aws.as_ref()
     }
@@ -154,7 +182,7 @@ impl AppState {
             Provider::Http => true,
             Provider::S3 => self.aws().is_some(),
             Provider::Gcs => self.gcp().is_some(),
-            Provider::AzureBlob => false,
+            Provider::AzureBlob => self.azure().is_some(),
         }
     }
 
@@ -222,6 +250,13 @@ pub fn router(state: AppState) -> Router {
                 .delete(integrations::gcp::unlink),
         )
         .route(paths::GCP_VERIFY, post(integrations::gcp::verify))
+        .route(
+            paths::AZURE,
+            get(integrations::azure::show).delete(integrations::azure::unlink),
+        )
+        .route(paths::AZURE_CONNECT, post(integrations::azure::connect))
+        .route(paths::AZURE_CONSENT, get(integrations::azure::consent))
+        .route(paths::AZURE_VERIFY, post(integrations::azure::verify))
         .route(
             paths::OPENAPI,
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),

@@ -4,8 +4,11 @@
 //! - [`aws`]: delegated S3 access through the team's role.
 //! - [`gcp`]: Cloud Storage access by impersonating the team's service
 //!   account.
+//! - [`azure`]: Blob Storage access through our service principal in the
+//!   tenant that granted the team's admin consent.
 
 pub mod aws;
+pub mod azure;
 pub mod gcp;
 
 use axum::http::StatusCode;
