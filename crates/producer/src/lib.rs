@@ -113,12 +113,16 @@ impl Producer {
             &config.broker.queue_prefix,
             config.broker.queue_delivery_limit,
         );
+        // The API wakes the relay itself after accepting a task, so task
+        // inserts need no database notification; see the outbox migration.
+        let wake_relay = std::sync::Arc::new(tokio::sync::Notify::new());
         let relay = tokio::spawn(relay::run(
             store.clone(),
             config.broker.amqp_url.clone(),
             topology,
             config.relay.clone(),
             broker_ready,
+            wake_relay.clone(),
             shutdown.clone(),
         ));
         let admin = tokio::spawn(attache_telemetry::serve_admin(
@@ -132,7 +136,8 @@ impl Producer {
             store,
             config.limits.clone(),
             attache_egress::guard::DestinationPolicy::new(config.egress.egress_allow_cidrs.clone()),
-        );
+        )
+        .with_relay_wake(wake_relay);
         if config.aws.enabled() {
             state = state.with_aws(std::sync::Arc::new(
                 attache_aws::Aws::new(&config.aws).await,

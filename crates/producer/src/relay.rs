@@ -3,10 +3,11 @@
 //! Each round claims up to a batch of due rows with `SKIP LOCKED` in one
 //! transaction, publishes them, waits for every confirm, deletes them and
 //! commits. A full batch starts the next round at once. Otherwise the relay
-//! sleeps until the outbox trigger notifies it or the poll interval passes,
-//! whichever comes first. Polling means that a lost notification only
-//! delays a job, and that a retry scheduled for later is published soon
-//! after it comes due.
+//! sleeps until it is woken or the poll interval passes, whichever comes
+//! first. The API wakes it in-process after accepting a task, and the
+//! outbox trigger wakes it (LISTEN/NOTIFY) when a fetch-worker queues a
+//! callback; other rows (retries, which are due later) wait for the poll.
+//! Polling also means that a lost notification only delays a job.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,9 +53,9 @@ pub async fn run(
     topology: Topology,
     settings: RelaySettings,
     ready: Arc<AtomicBool>,
+    wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let wake = Arc::new(Notify::new());
     let listener = tokio::spawn(listen(
         store.database_url().to_owned(),
         wake.clone(),

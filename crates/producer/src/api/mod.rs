@@ -105,6 +105,8 @@ struct Inner {
     aws: Option<Arc<attache_aws::Aws>>,
     gcp: Option<Arc<attache_gcp::Gcp>>,
     azure: Option<Arc<attache_azure::Azure>>,
+    /// Wakes this process's outbox relay after a task is accepted.
+    relay_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl AppState {
@@ -120,47 +122,47 @@ impl AppState {
                 aws: None,
                 gcp: None,
                 azure: None,
+                relay_wake: None,
             }),
+        }
+    }
+
+    /// Applies `change` to the state while it is built, before it is shared.
+    fn modified(self, change: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
+            unreachable!("the state is configured while building, before it is shared")
+        });
+        change(&mut inner);
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Lets the API wake the outbox relay as soon as it accepts a task.
+    pub fn with_relay_wake(self, wake: Arc<tokio::sync::Notify>) -> Self {
+        self.modified(|inner| inner.relay_wake = Some(wake))
+    }
+
+    /// Wakes the relay, if this process runs one.
+    fn wake_relay(&self) {
+        if let Some(wake) = &self.inner.relay_wake {
+            wake.notify_one();
         }
     }
 
     /// Enables `s3://` attachments and the AWS integration routes.
     pub fn with_aws(self, aws: Arc<attache_aws::Aws>) -> Self {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
-            unreachable!("with_aws is called while building, before the state is shared")
-        });
-        Self {
-            inner: Arc::new(Inner {
-                aws: Some(aws),
-                ..inner
-            }),
-        }
+        self.modified(|inner| inner.aws = Some(aws))
     }
 
     /// Enables `gs://` attachments and the GCP integration routes.
     pub fn with_gcp(self, gcp: Arc<attache_gcp::Gcp>) -> Self {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
-            unreachable!("with_gcp is called while building, before the state is shared")
-        });
-        Self {
-            inner: Arc::new(Inner {
-                gcp: Some(gcp),
-                ..inner
-            }),
-        }
+        self.modified(|inner| inner.gcp = Some(gcp))
     }
 
     /// Enables Azure blob attachments and the Azure integration routes.
     pub fn with_azure(self, azure: Arc<attache_azure::Azure>) -> Self {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|_| {
-            unreachable!("with_azure is called while building, before the state is shared")
-        });
-        Self {
-            inner: Arc::new(Inner {
-                azure: Some(azure),
-                ..inner
-            }),
-        }
+        self.modified(|inner| inner.azure = Some(azure))
     }
 
     fn azure(&self) -> Option<&Arc<attache_azure::Azure>> {

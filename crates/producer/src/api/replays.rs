@@ -42,6 +42,7 @@ pub async fn create(
         ReplayKind::Attachments => state.store().replay_attachments(&filter).await?.len(),
         ReplayKind::Callbacks => state.store().replay_callbacks(&filter).await?.len(),
     };
+    state.wake_relay();
     tracing::info!(team_id = %team.id, ?kind, replayed, "replay queued");
     Ok((StatusCode::ACCEPTED, Json(Replayed { kind, replayed })))
 }

@@ -74,6 +74,7 @@ pub async fn create(
     match state.store().insert_task(&task).await? {
         Inserted::Created => {
             TASKS_ACCEPTED.inc();
+            state.wake_relay();
             tracing::info!(task_id = %task.id, team_id = %team.id, attachments = task.attachments.len(), "task accepted");
             let accepted = Accepted {
                 task_id: task.id,
