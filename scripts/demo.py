@@ -9,11 +9,16 @@ and queue prefix. Through /v1/integrations/aws, the "demo" team activates
 delegated access to customer A's role, and a third team tries customer B's
 role, which the API must reject. Through /v1/integrations/gcp, the
 "impersonating" team names a service account without its identifier, which
-the API must reject, then activates one with it. Then the demo submits each
+the API must reject, then activates one with it. It runs Azurite as Azure
+Blob Storage, behind a front that checks each token's tenant per container,
+beside a mock token endpoint that issues tokens only to consented tenants.
+Through /v1/integrations/azure, the "azure-linked" team links its tenant by
+admin consent, and sending the same consent redirect again must be
+rejected. Then the demo submits each
 examples/tasks/*.json for its team, waits for the signed callback, and
 compares the result with the example's expectation. examples/README.md
 describes the example format and the teams. The demo exits 0 only when
-every example and every S3 and Cloud Storage set-up step matched. Logs,
+every example and every S3, Cloud Storage and Azure set-up step matched. Logs,
 callbacks and stored attachments stay in .run/demo for inspection.
 
 `make demo` runs scripts/demo.sh, which starts the services, builds the
@@ -32,6 +37,15 @@ from pathlib import Path
 
 from attache_demo import DemoError
 from attache_demo.api import ApiClient
+from attache_demo.azure_access import (
+    DemoAzure,
+    azure_settings,
+    link_tenant,
+    show_anonymous,
+    start_azure,
+)
+from attache_demo.azure_access import check_traffic as check_azure_traffic
+from attache_demo.azure_access import show_verification as show_azure_verification
 from attache_demo.gcs_access import (
     DemoGcp,
     activate_impersonation,
@@ -62,7 +76,7 @@ from attache_demo.s3_access import (
     start_aws,
 )
 from attache_demo.servers import CallbackReceiver, FileServer
-from attache_demo.services import Services, create_team, start_binaries
+from attache_demo.services import Services, create_team, free_port, start_binaries
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_DIR = REPO / ".run" / "demo"
@@ -81,9 +95,14 @@ IMPERSONATING_TEAM = "impersonating"
 CROSS_PROJECT_TEAM = "cross-project"
 # The object whose POST /v1/integrations/gcp/verify report the demo prints.
 VERIFIED_GCS_OBJECT = ("customer", "question")
+# The teams that read Azure blobs with their linked tenant's token and anonymously.
+AZURE_LINKED_TEAM = "azure-linked"
+AZURE_ANONYMOUS_TEAM = "azure-anonymous"
+# The blob whose POST /v1/integrations/azure/verify report the demo prints.
+VERIFIED_AZURE_BLOB = ("private", "nested")
 # The source addresses of the egress pool, which loopback provides without
-# set-up. The file server, the callback receivers and the Cloud Storage
-# fronts see only these.
+# set-up. The file server, the callback receivers, and the Cloud Storage
+# and Azure fronts see only these.
 EGRESS_MEMBER_IPS = ("127.0.0.11", "127.0.0.12")
 
 
@@ -254,6 +273,15 @@ def set_up_gcs_access(clients: dict[str, ApiClient], gcp: DemoGcp) -> list[str]:
     return [f"Cloud Storage set-up: {problem}" for problem in problems]
 
 
+def set_up_azure_access(clients: dict[str, ApiClient], azure: DemoAzure) -> list[str]:
+    """Set up the teams' Azure Blob Storage access as customers would, and return the problems."""
+    problems = link_tenant(clients[AZURE_LINKED_TEAM], AZURE_LINKED_TEAM, azure)
+    problems += show_anonymous(clients[AZURE_ANONYMOUS_TEAM], AZURE_ANONYMOUS_TEAM)
+    verified_uri = azure.fixture.uri(*VERIFIED_AZURE_BLOB)
+    problems += show_azure_verification(clients[AZURE_LINKED_TEAM], AZURE_LINKED_TEAM, verified_uri)
+    return [f"Azure set-up: {problem}" for problem in problems]
+
+
 def run_examples(
     args: argparse.Namespace, examples: list[Example], services: Services
 ) -> list[str]:
@@ -273,22 +301,37 @@ def run_examples(
             ready_timeout=READY_TIMEOUT_SECONDS,
         )
         gcp = start_gcp(stack, RUN_DIR)
+        azure = start_azure(stack, RUN_DIR)
         receivers = start_receivers(stack, teams)
-        api_url = start_binaries(services, {**aws_settings(aws), **gcp_settings(gcp)})
+        # The consent redirect URL names the API, so its address is picked here.
+        api_addr = f"127.0.0.1:{free_port()}"
+        cloud_env = {
+            **aws_settings(aws),
+            **gcp_settings(gcp),
+            **azure_settings(azure, f"http://{api_addr}"),
+        }
+        api_url = start_binaries(services, cloud_env, api_addr)
         services.wait_ready(READY_TIMEOUT_SECONDS)
         say(f"producer API at {api_url} and both workers are ready")
 
         clients = {name: ApiClient(api_url, team["api_key"]) for name, team in teams.items()}
         problems = set_up_s3_access(clients, aws)
         problems += set_up_gcs_access(clients, gcp)
+        problems += set_up_azure_access(clients, azure)
 
         sources = Sources(
-            files, {**aws.fixture.contents_by_uri(), **gcp.fixture.contents_by_uri()}
+            files,
+            {
+                **aws.fixture.contents_by_uri(),
+                **gcp.fixture.contents_by_uri(),
+                **azure.fixture.contents_by_uri(),
+            },
         )
         placeholders = {
             "FILES_URL": files.url,
             **aws.fixture.placeholders(),
             **gcp.fixture.placeholders(),
+            **azure.fixture.placeholders(),
         }
         first_submitted_at = time.monotonic()
         submissions = submit_all(clients, receivers, examples, placeholders)
@@ -301,6 +344,10 @@ def run_examples(
             f"Cloud Storage traffic: {problem}"
             for problem in check_traffic(gcp, EGRESS_MEMBER_IPS)
         ]
+        problems += [
+            f"Azure traffic: {problem}"
+            for problem in check_azure_traffic(azure, EGRESS_MEMBER_IPS)
+        ]
 
     print_table(outcomes, sources)
     return problems + [
@@ -311,7 +358,7 @@ def run_examples(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM from scripts/demo.sh unwinds like Ctrl-C, so the binaries,
-    # moto and gcp-storage-emulator are stopped below.
+    # moto, gcp-storage-emulator and Azurite are stopped below.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         examples = load_examples(args.tasks_dir)
@@ -334,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"warning: {warning}")
 
     if interrupted:
-        say("interrupted, so the binaries, moto and gcp-storage-emulator were stopped")
+        say("interrupted, so the binaries, moto, gcp-storage-emulator and Azurite were stopped")
         return 130
     if problems:
         sys.stdout.flush()
@@ -343,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         print(services.log_tails(), file=sys.stderr)
         return 1
     say(
-        f"passed: the S3 and Cloud Storage set-up and all {len(examples)} examples"
+        f"passed: the S3, Cloud Storage and Azure set-up and all {len(examples)} examples"
         " matched their expectations"
     )
     return 0

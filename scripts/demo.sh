@@ -4,9 +4,9 @@
 # Starts PostgreSQL and RabbitMQ if needed, prepares .venv, builds the debug
 # binaries, recreates the attache_demo database, deletes the attache_demo*
 # queues left by an earlier run, then runs scripts/demo.py (arguments are
-# passed on, e.g. --timeout 300). On any exit it stops demo.py, and any binary,
-# moto server or gcp-storage-emulator that demo.py left running, by pid. It
-# leaves PostgreSQL and RabbitMQ running.
+# passed on, e.g. --timeout 300). On any exit it stops demo.py, and any
+# binary, moto server, gcp-storage-emulator or Azurite that demo.py left
+# running, by pid. It leaves PostgreSQL and RabbitMQ running.
 
 # The stop functions run from the EXIT trap, which shellcheck does not follow.
 # shellcheck disable=SC2317
@@ -49,9 +49,9 @@ stop_pid() {
     kill -KILL "$pid" 2>/dev/null || true
 }
 
-# demo.py stops the binaries, moto and gcp-storage-emulator itself, which
-# takes up to 10 s. The pid files cover a demo.py that was killed before it
-# could.
+# demo.py stops the binaries, moto, gcp-storage-emulator and Azurite itself,
+# which takes up to 10 s. The pid files cover a demo.py that was killed
+# before it could.
 stop_everything() {
     if [[ -n $demo_pid ]]; then
         stop_pid "$demo_pid" 20
@@ -61,9 +61,9 @@ stop_everything() {
     for pid_file in "$run_dir"/*.pid; do
         [[ -f $pid_file ]] || continue
         pid=$(<"$pid_file")
-        # Only a process that still runs an Attaché binary, moto or the
+        # Only a process that still runs an Attaché binary, moto or an
         # emulator: the pid may have been reused since the file was written.
-        if grep -qaE 'attache-|moto\.server|gcp_storage_emulator' "/proc/$pid/cmdline" 2>/dev/null; then
+        if grep -qaE 'attache-|moto\.server|gcp_storage_emulator|azurite-blob' "/proc/$pid/cmdline" 2>/dev/null; then
             stop_pid "$pid" 10
         fi
         rm -f "$pid_file"

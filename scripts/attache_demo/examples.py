@@ -7,9 +7,9 @@ attachment. Every key of an expected attachment must equal the key in the
 callback (`status`, `error_code`, `content_type`, ...), except
 `error_message_contains`, a text that the attachment's `error_message` must
 contain. The request may contain placeholders, which `fill_placeholders`
-replaces: {{CALLBACK_URL}}, {{FILES_URL}}, {{S3:BUCKET:OBJECT}} and
-{{GCS:BUCKET:OBJECT}}. examples/README.md describes the format with the
-demo's teams and buckets.
+replaces: {{CALLBACK_URL}}, {{FILES_URL}}, {{S3:BUCKET:OBJECT}},
+{{GCS:BUCKET:OBJECT}} and {{AZURE:CONTAINER:BLOB}}. examples/README.md
+describes the format with the demo's teams, buckets and containers.
 """
 
 import hashlib
@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 TASK_STATUSES = ("succeeded", "partially_failed", "failed")
 ATTACHMENT_STATUSES = ("succeeded", "failed")
@@ -25,13 +26,24 @@ ATTACHMENT_STATUSES = ("succeeded", "failed")
 # The teams that submit examples. "demo" has delegated S3 access through
 # customer A's role, and "cross-account" has none. "impersonating" reads
 # gs:// objects through its own service account, and "cross-project" with
-# ours.
-TEAMS = ("demo", "cross-account", "impersonating", "cross-project")
+# ours. "azure-linked" reads Blob Storage URLs with its linked tenant's
+# tokens, and "azure-anonymous" anonymously.
+TEAMS = (
+    "demo",
+    "cross-account",
+    "impersonating",
+    "cross-project",
+    "azure-linked",
+    "azure-anonymous",
+)
 DEFAULT_TEAM = "demo"
 
 # The key of an expected attachment whose value is a text that the
 # callback's error_message must contain, rather than a value to equal.
 MESSAGE_CONTAINS = "error_message_contains"
+
+# The host of every storage account's Blob Storage URL is ACCOUNT plus this.
+AZURE_BLOB_HOST_SUFFIX = ".blob.core.windows.net"
 
 PLACEHOLDER = re.compile(r"\{\{([^{}]*)\}\}")
 
@@ -171,7 +183,8 @@ class Sources:
     """The sources whose content the demo can check: its file server and the emulated buckets."""
 
     files: LocalFiles
-    # The objects created in moto and in gcp-storage-emulator, by s3:// or gs:// URI.
+    # The objects created in moto, gcp-storage-emulator and Azurite, by
+    # s3://, gs:// or Blob Storage URL.
     bucket_objects: dict[str, ExpectedContent]
 
     def expected_content(self, uri: str) -> ExpectedContent | None:
@@ -187,10 +200,14 @@ class Sources:
         An s3:// or gs:// URI is shown whole, with each non-ASCII character
         escaped as \\uXXXX, because two of the S3 fixture's keys differ only
         in a composed or decomposed é, and a combining or wide character
-        breaks the table's alignment.
+        breaks the table's alignment. A Blob Storage URL is shown as its
+        container and blob, percent-encoded as in the URL.
         """
         if uri.startswith(("s3://", "gs://")):
             return "".join(char if char.isascii() else f"\\u{ord(char):04x}" for char in uri)
+        parts = urlsplit(uri)
+        if parts.hostname is not None and parts.hostname.endswith(AZURE_BLOB_HOST_SUFFIX):
+            return parts.path.lstrip("/")
         return self.files.display_name(uri)
 
 

@@ -1,9 +1,10 @@
-"""Python servers that the demo runs as subprocesses on 127.0.0.1: moto and gcp-storage-emulator.
+"""Servers that the demo runs as subprocesses on 127.0.0.1: moto, gcp-storage-emulator and Azurite.
 
 `ServerProcess.start` runs `python -m MODULE ...` with the demo's own
-interpreter on a free loopback port, in a session of its own, and writes
-its pid to RUN_DIR/STEM.pid while it runs, so scripts/demo.sh can stop it
-if the demo dies first. `stop` ends it by that pid.
+interpreter, or another program such as Azurite, on a free loopback port,
+in a session of its own. It writes the pid to RUN_DIR/STEM.pid while the
+server runs, so scripts/demo.sh can stop it if the demo dies first. `stop`
+ends it by that pid.
 """
 
 import signal
@@ -37,10 +38,18 @@ class ServerCommand:
     file_stem: str
     # The arguments after `python`, given the port to listen on.
     arguments: Callable[[int], list[str]]
-    # A path that returns status 200 once the server is ready.
+    # A path that returns status 200 once the server is ready, unless
+    # is_ready accepts other responses.
     health_path: str
     # The server's environment, or None for the demo's own.
     env: dict[str, str] | None = None
+    # The program that takes the arguments, or None for the demo's own Python.
+    program: str | None = None
+    # Tells, given the health path's URL, whether the server is ready.
+    is_ready: Callable[[str], bool] = answers_ok
+    # How to install the server, or None for the Python packages of
+    # scripts/requirements.txt.
+    install_hint: str | None = None
 
 
 class ServerProcess:
@@ -62,7 +71,7 @@ class ServerProcess:
 
     @classmethod
     def start(cls, run_dir: Path, command: ServerCommand) -> "ServerProcess":
-        """Start the server with this interpreter and wait until its health path responds.
+        """Start the server and wait until its health path responds.
 
         Raises DemoError with the server's log tail when no attempt succeeds.
         """
@@ -75,10 +84,13 @@ class ServerProcess:
             server.stop()
             failures.append(failure)
         log_path = run_dir / f"{command.file_stem}.log"
+        default_hint = (
+            f"{command.name} comes from scripts/requirements.txt: run scripts/python-env.sh."
+        )
         raise DemoError(
             f"{command.name} failed to start {START_ATTEMPTS} times: {'; '.join(failures)}."
             f" Last lines of {log_path}:\n{tail(log_path, 30)}"
-            f"{command.name} comes from scripts/requirements.txt: run scripts/python-env.sh."
+            f"{command.install_hint or default_hint}"
         )
 
     @classmethod
@@ -90,7 +102,7 @@ class ServerProcess:
             # A session of its own keeps a Ctrl-C in the terminal from
             # reaching the server directly, as for the binaries.
             process = subprocess.Popen(
-                [sys.executable, *command.arguments(port)],
+                [command.program or sys.executable, *command.arguments(port)],
                 env=command.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -107,7 +119,7 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 return f"{name} at {self.url} exited with status {self.process.returncode}"
-            if answers_ok(f"{self.url}{self.command.health_path}"):
+            if self.command.is_ready(f"{self.url}{self.command.health_path}"):
                 return None
             time.sleep(0.2)
         return f"{name} at {self.url} did not respond within {START_TIMEOUT_SECONDS} s"

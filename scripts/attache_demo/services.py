@@ -241,14 +241,17 @@ def create_team(services: Services, name: str) -> dict[str, str]:
     return team
 
 
-def start_binaries(services: Services, cloud_env: dict[str, str] | None = None) -> str:
+def start_binaries(
+    services: Services, cloud_env: dict[str, str] | None = None, api_addr: str | None = None
+) -> str:
     """Start the API and both workers, and return the API's base URL.
 
-    cloud_env contains the ATTACHE_AWS_* and ATTACHE_GCP_* settings, which
-    only the producer and the fetch-worker read.
+    cloud_env contains the ATTACHE_AWS_*, ATTACHE_GCP_* and ATTACHE_AZURE_*
+    settings, which only the producer and the fetch-worker read. The API
+    listens on api_addr, or on a free loopback port when it is None.
     """
     cloud_env = cloud_env or {}
-    api_addr = f"127.0.0.1:{free_port()}"
+    api_addr = api_addr or f"127.0.0.1:{free_port()}"
     services.start(
         "producer",
         "attache-producer",
