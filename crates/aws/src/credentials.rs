@@ -169,9 +169,9 @@ impl Aws {
             }
         };
         CREDENTIAL_REQUESTS.with_label_values(&["aws", "ok"]).inc();
-        let credentials = response.credentials().ok_or_else(|| {
-            AssumeError::Unavailable("STS returned no credentials".to_owned())
-        })?;
+        let credentials = response
+            .credentials()
+            .ok_or_else(|| AssumeError::Unavailable("STS returned no credentials".to_owned()))?;
         let expiry = SystemTime::try_from(*credentials.expiration()).ok();
         Ok(Credentials::new(
             credentials.access_key_id(),

@@ -70,17 +70,17 @@ impl Store {
     /// Loads the callback a job names, with its team's signing secret.
     pub async fn delivery(&self, callback_id: CallbackId) -> Result<Option<Delivery>> {
         let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT c.task_id, t.team_id, c.url, c.payload, c.status, c.attempts,
+        let row = crate::cached::query_opt(
+            &client,
+            "SELECT c.task_id, t.team_id, c.url, c.payload, c.status, c.attempts,
                         c.retry_window_start, team.signing_secret
                  FROM callbacks c
                  JOIN tasks t ON t.id = c.task_id
                  JOIN teams team ON team.id = t.team_id
                  WHERE c.id = $1",
-                &[&callback_id.0],
-            )
-            .await?;
+            &[&callback_id.0],
+        )
+        .await?;
         let Some(row) = row else { return Ok(None) };
         Ok(Some(Delivery {
             callback_id,
@@ -104,24 +104,24 @@ impl Store {
         lease: Duration,
     ) -> Result<Claim> {
         let client = self.pool.get().await?;
-        let claimed = client
-            .execute(
-                "UPDATE callbacks SET lease_until = now() + make_interval(secs => $3)
+        let claimed = crate::cached::execute(
+            &client,
+            "UPDATE callbacks SET lease_until = now() + make_interval(secs => $3)
                  WHERE id = $1 AND status = 'pending' AND attempts = $2
                    AND (lease_until IS NULL OR lease_until <= now())",
-                &[&callback_id.0, &(attempt as i32), &lease.as_secs_f64()],
-            )
-            .await?;
+            &[&callback_id.0, &(attempt as i32), &lease.as_secs_f64()],
+        )
+        .await?;
         if claimed == 1 {
             return Ok(Claim::Claimed);
         }
-        let row = client
-            .query_opt(
-                "SELECT lease_until FROM callbacks
+        let row = crate::cached::query_opt(
+            &client,
+            "SELECT lease_until FROM callbacks
                  WHERE id = $1 AND status = 'pending' AND attempts = $2 AND lease_until > now()",
-                &[&callback_id.0, &(attempt as i32)],
-            )
-            .await?;
+            &[&callback_id.0, &(attempt as i32)],
+        )
+        .await?;
         Ok(match row {
             Some(row) => Claim::Held {
                 until: row.get("lease_until"),
@@ -142,28 +142,28 @@ impl Store {
             DeliveryResult::Dead { error } => (CallbackStatus::Dead, Some(error)),
         };
         let status_code = attempt.status_code.map(i32::from);
-        let updated = tx
-            .execute(
-                "UPDATE callbacks SET status = $3, attempts = attempts + 1,
+        let updated = crate::cached::execute(
+            &tx,
+            "UPDATE callbacks SET status = $3, attempts = attempts + 1,
                      last_status_code = $4, last_error = $5, egress_member = $6,
                      last_attempt_at = now(), lease_until = NULL,
                      delivered_at = CASE WHEN $3 = 'delivered' THEN now() END
                  WHERE id = $1 AND status = 'pending' AND attempts = $2",
-                &[
-                    &attempt.callback_id.0,
-                    &(attempt.attempt as i32),
-                    &status.as_str(),
-                    &status_code,
-                    &error,
-                    &attempt.egress_member,
-                ],
-            )
-            .await?;
+            &[
+                &attempt.callback_id.0,
+                &(attempt.attempt as i32),
+                &status.as_str(),
+                &status_code,
+                &error,
+                &attempt.egress_member,
+            ],
+        )
+        .await?;
         if updated == 0 {
             return Ok(false);
         }
 
-        tx.execute(
+        crate::cached::execute(&tx,
             "INSERT INTO callback_attempts (callback_id, attempt, status_code, error, duration_ms, egress_member)
              VALUES ($1, $2, $3, $4, $5, $6)",
             &[
@@ -182,7 +182,8 @@ impl Store {
                 callback_id: attempt.callback_id,
                 attempt: attempt.attempt + 1,
             });
-            tx.execute(
+            crate::cached::execute(
+                &tx,
                 "INSERT INTO outbox (kind, payload, available_at)
                  VALUES ('callback', $1, now() + make_interval(secs => $2))",
                 &[&job.to_json(), &delay.as_secs_f64()],
@@ -206,13 +207,13 @@ impl Store {
             callback_id,
             attempt,
         });
-        client
-            .execute(
-                "INSERT INTO outbox (kind, payload, available_at)
+        crate::cached::execute(
+            &client,
+            "INSERT INTO outbox (kind, payload, available_at)
                  VALUES ('callback', $1, now() + make_interval(secs => $2))",
-                &[&job.to_json(), &delay.as_secs_f64()],
-            )
-            .await?;
+            &[&job.to_json(), &delay.as_secs_f64()],
+        )
+        .await?;
         Ok(())
     }
 }

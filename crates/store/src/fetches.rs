@@ -107,9 +107,9 @@ impl Store {
     /// Loads the attachment a fetch job names, or `None` if it does not exist.
     pub async fn fetch_target(&self, attachment_id: AttachmentId) -> Result<Option<FetchTarget>> {
         let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT a.id, a.task_id, t.team_id, a.uri, a.status, a.attempts, a.retry_window_start,
+        let row = crate::cached::query_opt(
+            &client,
+            "SELECT a.id, a.task_id, t.team_id, a.uri, a.status, a.attempts, a.retry_window_start,
                         team.aws_external_id, team.aws_account_id, team.aws_linked_at,
                         team.aws_bucket_owners, team.gcp_identifier,
                         team.gcp_service_account, team.gcp_linked_at,
@@ -117,9 +117,9 @@ impl Store {
                  FROM attachments a JOIN tasks t ON t.id = a.task_id
                  JOIN teams team ON team.id = t.team_id
                  WHERE a.id = $1",
-                &[&attachment_id.0],
-            )
-            .await?;
+            &[&attachment_id.0],
+        )
+        .await?;
         let Some(row) = row else { return Ok(None) };
         Ok(Some(FetchTarget {
             attachment_id,
@@ -182,7 +182,8 @@ async fn update_attachment(tx: &Transaction<'_>, attempt: &FetchAttempt) -> Resu
             content_type,
             storage_key,
         } => {
-            tx.query_opt(
+            crate::cached::query_opt(
+                tx,
                 "UPDATE attachments SET status = 'succeeded', attempts = attempts + 1,
                      size_bytes = $3, sha256 = $4, content_type = $5, storage_key = $6,
                      egress_member = $7, error_code = NULL, error_message = NULL,
@@ -202,7 +203,8 @@ async fn update_attachment(tx: &Transaction<'_>, attempt: &FetchAttempt) -> Resu
             .await?
         }
         FetchResult::Failed { code, message } => {
-            tx.query_opt(
+            crate::cached::query_opt(
+                tx,
                 "UPDATE attachments SET status = 'failed', attempts = attempts + 1,
                      error_code = $3, error_message = $4, egress_member = $5,
                      updated_at = now(), completed_at = now()
@@ -213,7 +215,8 @@ async fn update_attachment(tx: &Transaction<'_>, attempt: &FetchAttempt) -> Resu
             .await?
         }
         FetchResult::Retry { code, message, .. } => {
-            tx.query_opt(
+            crate::cached::query_opt(
+                tx,
                 "UPDATE attachments SET attempts = attempts + 1,
                      error_code = $3, error_message = $4, egress_member = $5, updated_at = now()
                  WHERE id = $1 AND status = 'pending' AND attempts = $2
@@ -235,7 +238,8 @@ async fn schedule_retry(
         attachment_id: attempt.attachment_id,
         attempt: attempt.attempt + 1,
     });
-    tx.execute(
+    crate::cached::execute(
+        tx,
         "INSERT INTO outbox (kind, payload, available_at)
          VALUES ('fetch', $1, now() + make_interval(secs => $2))",
         &[&job.to_json(), &delay.as_secs_f64()],
@@ -252,12 +256,12 @@ async fn complete_task_if_done(
     tx: &Transaction<'_>,
     task_id: TaskId,
 ) -> Result<Option<TaskStatus>> {
-    let task = tx
-        .query_one(
-            "SELECT callback_url, metadata, status FROM tasks WHERE id = $1 FOR UPDATE",
-            &[&task_id.0],
-        )
-        .await?;
+    let task = crate::cached::query_one(
+        tx,
+        "SELECT callback_url, metadata, status FROM tasks WHERE id = $1 FOR UPDATE",
+        &[&task_id.0],
+    )
+    .await?;
     if task.get::<_, &str>("status") != TaskStatus::Pending.as_str() {
         return Ok(None);
     }
@@ -271,7 +275,8 @@ async fn complete_task_if_done(
         .count();
     let status = TaskStatus::from_counts(succeeded, attachments.len() - succeeded);
 
-    tx.execute(
+    crate::cached::execute(
+        tx,
         "UPDATE tasks SET status = $2, completed_at = now() WHERE id = $1",
         &[&task_id.0, &status.as_str()],
     )
@@ -292,7 +297,8 @@ async fn complete_task_if_done(
         .expect("a callback payload contains only serializable values");
     let callback_id = CallbackId::new();
     let url: String = task.get("callback_url");
-    tx.execute(
+    crate::cached::execute(
+        tx,
         "INSERT INTO callbacks (id, task_id, url, payload) VALUES ($1, $2, $3, $4)",
         &[&callback_id.0, &task_id.0, &url, &body],
     )
@@ -301,7 +307,8 @@ async fn complete_task_if_done(
         callback_id,
         attempt: 0,
     });
-    tx.execute(
+    crate::cached::execute(
+        tx,
         "INSERT INTO outbox (kind, payload) VALUES ('callback', $1)",
         &[&job.to_json()],
     )

@@ -16,6 +16,7 @@
 //! - [`integrations`]: teams' cloud storage settings, such as AWS delegation.
 //! - [`replay`]: queueing failed attachments and dead callbacks again.
 
+mod cached;
 pub mod callbacks;
 pub mod fetches;
 pub mod integrations;

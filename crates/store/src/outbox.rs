@@ -32,16 +32,16 @@ pub struct OutboxRow {
 /// Claims up to `limit` due rows, oldest first, skipping rows that another
 /// relay has locked. The row locks last until `tx` ends.
 pub async fn claim(tx: &Transaction<'_>, limit: i64) -> Result<Vec<OutboxRow>> {
-    let rows = tx
-        .query(
-            "SELECT id, kind, payload FROM outbox
+    let rows = crate::cached::query(
+        tx,
+        "SELECT id, kind, payload FROM outbox
              WHERE available_at <= now()
              ORDER BY available_at, id
              LIMIT $1
              FOR UPDATE SKIP LOCKED",
-            &[&limit],
-        )
-        .await?;
+        &[&limit],
+    )
+    .await?;
     Ok(rows
         .iter()
         .map(|row| OutboxRow {
@@ -54,21 +54,20 @@ pub async fn claim(tx: &Transaction<'_>, limit: i64) -> Result<Vec<OutboxRow>> {
 
 /// Deletes the published rows `ids`.
 pub async fn delete(tx: &Transaction<'_>, ids: &[i64]) -> Result<()> {
-    tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])
-        .await?;
+    crate::cached::execute(tx, "DELETE FROM outbox WHERE id = ANY($1)", &[&ids]).await?;
     Ok(())
 }
 
 /// Returns the number of rows due now and the age in seconds of the oldest.
 pub async fn backlog(client: &impl deadpool_postgres::GenericClient) -> Result<(i64, f64)> {
-    let row = client
-        .query_one(
-            "SELECT count(*) AS due,
+    let row = crate::cached::query_one(
+        client,
+        "SELECT count(*) AS due,
                     COALESCE(EXTRACT(EPOCH FROM now() - min(available_at))::float8, 0) AS age
              FROM outbox WHERE available_at <= now()",
-            &[],
-        )
-        .await?;
+        &[],
+    )
+    .await?;
     Ok((row.get("due"), row.get("age")))
 }
 

@@ -76,28 +76,28 @@ impl Store {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
 
-        let inserted = tx
-            .execute(
-                "INSERT INTO tasks (id, team_id, callback_url, metadata, idempotency_key, request_hash)
+        let inserted = crate::cached::execute(
+            &tx,
+            "INSERT INTO tasks (id, team_id, callback_url, metadata, idempotency_key, request_hash)
                  VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (team_id, idempotency_key) DO NOTHING",
-                &[
-                    &task.id.0,
-                    &task.team_id.0,
-                    &task.callback_url,
-                    &task.metadata,
-                    &task.idempotency_key,
-                    &task.request_hash,
-                ],
+            &[
+                &task.id.0,
+                &task.team_id.0,
+                &task.callback_url,
+                &task.metadata,
+                &task.idempotency_key,
+                &task.request_hash,
+            ],
+        )
+        .await?;
+        if inserted == 0 {
+            let row = crate::cached::query_one(
+                &tx,
+                "SELECT id, request_hash FROM tasks WHERE team_id = $1 AND idempotency_key = $2",
+                &[&task.team_id.0, &task.idempotency_key],
             )
             .await?;
-        if inserted == 0 {
-            let row = tx
-                .query_one(
-                    "SELECT id, request_hash FROM tasks WHERE team_id = $1 AND idempotency_key = $2",
-                    &[&task.team_id.0, &task.idempotency_key],
-                )
-                .await?;
             return Ok(Inserted::Existing {
                 task_id: TaskId(row.get("id")),
                 request_hash: row.get("request_hash"),
@@ -112,7 +112,7 @@ impl Store {
             .iter()
             .map(|a| a.provider.as_str())
             .collect();
-        tx.execute(
+        crate::cached::execute(&tx,
             "INSERT INTO attachments (id, task_id, position, uri, provider)
              SELECT id, $1, position, uri, provider
              FROM UNNEST($2::uuid[], $3::int[], $4::text[], $5::text[]) AS a (id, position, uri, provider)",
@@ -131,7 +131,7 @@ impl Store {
                 .to_json()
             })
             .collect();
-        tx.execute(
+        crate::cached::execute(&tx,
             "INSERT INTO outbox (kind, payload) SELECT 'fetch', job FROM UNNEST($1::jsonb[]) AS j (job)",
             &[&jobs],
         )
@@ -145,13 +145,13 @@ impl Store {
     /// task does not exist or belongs to another team.
     pub async fn task_view(&self, team_id: TeamId, task_id: TaskId) -> Result<Option<TaskView>> {
         let client = self.pool.get().await?;
-        let Some(task) = client
-            .query_opt(
-                "SELECT id, status, callback_url, metadata, created_at, completed_at
+        let Some(task) = crate::cached::query_opt(
+            &client,
+            "SELECT id, status, callback_url, metadata, created_at, completed_at
                  FROM tasks WHERE id = $1 AND team_id = $2",
-                &[&task_id.0, &team_id.0],
-            )
-            .await?
+            &[&task_id.0, &team_id.0],
+        )
+        .await?
         else {
             return Ok(None);
         };
@@ -173,13 +173,13 @@ pub(crate) async fn attachment_views(
     client: &impl deadpool_postgres::GenericClient,
     task_id: TaskId,
 ) -> Result<Vec<AttachmentView>> {
-    let rows = client
-        .query(
-            "SELECT id, uri, status, size_bytes, sha256, content_type, error_code, error_message
+    let rows = crate::cached::query(
+        client,
+        "SELECT id, uri, status, size_bytes, sha256, content_type, error_code, error_message
              FROM attachments WHERE task_id = $1 ORDER BY position",
-            &[&task_id.0],
-        )
-        .await?;
+        &[&task_id.0],
+    )
+    .await?;
     rows.iter()
         .map(|row| {
             Ok(AttachmentView {

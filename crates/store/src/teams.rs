@@ -25,31 +25,31 @@ impl Store {
     /// Inserts a team.
     pub async fn create_team(&self, team: NewTeam<'_>) -> Result<()> {
         let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO teams (id, name, api_key_hash, api_key_prefix, signing_secret)
+        crate::cached::execute(
+            &client,
+            "INSERT INTO teams (id, name, api_key_hash, api_key_prefix, signing_secret)
                  VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &team.id.0,
-                    &team.name,
-                    &team.api_key_hash,
-                    &team.api_key_prefix,
-                    &team.signing_secret,
-                ],
-            )
-            .await?;
+            &[
+                &team.id.0,
+                &team.name,
+                &team.api_key_hash,
+                &team.api_key_prefix,
+                &team.signing_secret,
+            ],
+        )
+        .await?;
         Ok(())
     }
 
     /// Finds the team whose API key hashes to `api_key_hash`.
     pub async fn team_by_api_key_hash(&self, api_key_hash: &[u8]) -> Result<Option<Team>> {
         let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT id, name FROM teams WHERE api_key_hash = $1",
-                &[&api_key_hash],
-            )
-            .await?;
+        let row = crate::cached::query_opt(
+            &client,
+            "SELECT id, name FROM teams WHERE api_key_hash = $1",
+            &[&api_key_hash],
+        )
+        .await?;
         Ok(row.map(|row| Team {
             id: TeamId(row.get("id")),
             name: row.get("name"),
