@@ -37,6 +37,16 @@ chaos: build python-env ## Crash workers and restart the services under 1,000 ta
 chaos-small: build python-env ## The chaos test with 60 tasks and the same faults, about a minute
 	.venv/bin/python scripts/chaos.py --tasks 60 --rate 2
 
+.PHONY: bench
+bench: ## Measure throughput, latency, memory and scaling beside same-run references; write BENCHMARKS.md
+	$(CARGO) build --release --bins
+	python3 scripts/bench.py
+
+.PHONY: bench-smoke
+bench-smoke: ## A bench run of tiny sizes, under a minute, that proves the harness works
+	$(CARGO) build --release --bins
+	python3 scripts/bench.py --smoke
+
 .PHONY: deploy-check
 deploy-check: ## Validate deploy/ offline (manifests, alerts, dashboard, Compose); installs promtool for the tests
 	deploy/check.sh

@@ -1,15 +1,15 @@
 """Measure the Attaché fleet beside the parts it depends on, and write BENCHMARKS.md.
 
-The run measures references first: the source's GET rate and latency and
-the receiver's POST latency with wrk, and RabbitMQ's publish-plus-consume
-rate with `attache-bench broker`. Then it measures the fleet: throughput
-with 1, 2 and 4 fetch-workers, latency at a fixed task rate, and a
-fetch-worker's peak memory while it streams one large attachment and while
-it runs many fetches at once. BENCHMARKS.md at the repository root gets
-every figure as a ratio to its same-run reference.
+The run measures references first: the source's GET rate with wrk, the raw
+GET and POST latencies with `attache-bench probe`, a local-store write, and
+RabbitMQ's publish-plus-consume rate with `attache-bench broker`. Then it
+measures the fleet: throughput with 1, 2 and 4 fetch-workers, latency at a
+fixed task rate, and a fetch-worker's peak memory while it streams one large
+attachment and while it runs many fetches at once. BENCHMARKS.md at the
+repository root gets every figure as a ratio to its same-run reference.
 
-`make bench` runs the full sizes and `make bench-smoke` a tiny run in under
-a minute that only proves the harness works; it writes
+`make bench` runs the full sizes. `make bench-smoke` is a tiny run, under a
+minute, that only proves the harness works and writes
 .run/bench-smoke/BENCHMARKS.md. PostgreSQL and RabbitMQ must run on
 127.0.0.1 (`make services`), the release binaries must be built
 (`cargo build --release --bins`) and wrk installed (`apt-get install -y
@@ -19,6 +19,8 @@ the attache_bench queues. Logs stay in .run/bench.
 
 import argparse
 import datetime
+import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -58,11 +60,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=REPO / "target" / "release",
         help="directory of the release binaries (default: target/release)",
     )
+    parser.add_argument(
+        "--revision",
+        help="the source revision the binaries were built from, as shown in the page"
+        " (default: this work tree's commit, marked when it has uncommitted changes)",
+    )
     args = parser.parse_args(argv)
     args.run_dir = REPO / ".run" / ("bench-smoke" if args.smoke else "bench")
     if args.output is None:
         args.output = args.run_dir / "BENCHMARKS.md" if args.smoke else REPO / "BENCHMARKS.md"
-    args.command = "make bench-smoke" if args.smoke else "make bench"
+    if "MAKELEVEL" in os.environ:
+        args.command = "make bench-smoke" if args.smoke else "make bench"
+    else:
+        args.command = shlex.join(["python3", "scripts/bench.py", *(argv or sys.argv[1:])])
     return args
 
 
@@ -92,6 +102,18 @@ def revision() -> str:
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     return f"{commit} with uncommitted changes" if git("status", "--porcelain") else commit
+
+
+def describe_binaries(target_dir: Path) -> str:
+    """Return the binaries' directory and the build time of the fetch-worker."""
+    built = datetime.datetime.fromtimestamp(
+        (target_dir / "attache-fetch-worker").stat().st_mtime, datetime.timezone.utc
+    )
+    try:
+        displayed = target_dir.relative_to(REPO)
+    except ValueError:
+        displayed = target_dir
+    return f"`{displayed}`, built {built:%Y-%m-%d %H:%M} UTC"
 
 
 def run_bench(args: argparse.Namespace, services: Services, helpers: list[Helper]) -> report.Results:
@@ -132,10 +154,12 @@ def run_bench(args: argparse.Namespace, services: Services, helpers: list[Helper
     return report.Results(
         machine=machine.describe_machine(),
         command=args.command,
+        smoke=args.smoke,
         started=started,
         load_before=load_before,
         load_after=machine.load_average(),
-        revision=revision(),
+        revision=args.revision or revision(),
+        binaries=describe_binaries(args.target_dir),
         settings=settings,
         fleet_settings={
             key: value

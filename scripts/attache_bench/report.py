@@ -18,10 +18,13 @@ STREAM_MEMORY_TARGET = 64 * MIB  # peak above idle while streaming
 class Results:
     machine: Machine
     command: str
+    smoke: bool
     started: datetime.datetime
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
     revision: str
+    # The directory and build time of the measured binaries.
+    binaries: str
     settings: Settings
     fleet_settings: dict[str, str]
     references: References
@@ -62,12 +65,12 @@ mean nothing. `make bench` writes the real page.
 def _header(results: Results) -> str:
     m = results.machine
     settings = ", ".join(f"`{k}={v}`" for k, v in results.fleet_settings.items())
-    smoke = SMOKE_NOTE if results.command.endswith("smoke") else ""
+    smoke = SMOKE_NOTE if results.smoke else ""
     return f"""# Benchmarks
 {smoke}
-Written by `{results.command}` (`scripts/bench.py`). Every figure sits beside a
-reference measured in the same run on the same machine, as a ratio to it and
-with the raw numbers. So a run on a busy or slow machine still compares the
+Written by `scripts/bench.py`, run as `{results.command}`. Every figure sits
+beside a reference measured in the same run on the same machine, as a ratio
+to it and with the raw numbers. So a run on a busy or slow machine still compares the
 fleet with the parts it depends on.
 
 | | |
@@ -75,6 +78,7 @@ fleet with the parts it depends on.
 | date | {results.started:%Y-%m-%d %H:%M} UTC |
 | command | `{results.command}` |
 | revision | {results.revision} |
+| binaries | {results.binaries} |
 | machine | {m.cores} cores (`nproc`), {m.memory_bytes / 1024**3:.1f} GiB memory, {m.cpu_model} |
 | OS | {m.os_name}, Linux {m.kernel} |
 | load average (1 / 5 / 15 min) | {_load(results.load_before)} at the start, {_load(results.load_after)} at the end |

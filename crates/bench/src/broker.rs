@@ -26,7 +26,11 @@ use serde::Serialize;
 #[derive(Args)]
 pub struct BrokerArgs {
     /// RabbitMQ connection URL.
-    #[arg(long, env = "ATTACHE_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "ATTACHE_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     amqp_url: String,
 
     /// Quorum queue to create, use and delete.
@@ -106,12 +110,17 @@ pub async fn run(args: BrokerArgs) -> anyhow::Result<()> {
 
 async fn declare_quorum_queue(channel: &Channel, queue: &str) -> lapin::Result<()> {
     let mut arguments = FieldTable::default();
-    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     let options = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    channel.queue_declare(queue.into(), options, arguments).await?;
+    channel
+        .queue_declare(queue.into(), options, arguments)
+        .await?;
     Ok(())
 }
 

@@ -3,12 +3,13 @@
 //! Each subcommand is one part of the benchmark that Python's standard
 //! library is too slow for: the attachment source and the callback receiver
 //! must outpace the fleet, and the task submitter must not be the limit.
-//! `broker` measures RabbitMQ alone and `pg-sample` profiles PostgreSQL
-//! sessions. Servers listen on 127.0.0.1 only and print their URL as one
+//! `broker` measures RabbitMQ alone, `probe` the raw latency of one HTTP
+//! request, and `pg-sample` profiles PostgreSQL sessions. Servers listen on 127.0.0.1 only and print their URL as one
 //! JSON line on standard output; reports are JSON on standard output too.
 
 mod broker;
 mod pg_sample;
+mod probe;
 mod receiver;
 mod signature;
 mod source;
@@ -38,6 +39,8 @@ enum Command {
     Broker(broker::BrokerArgs),
     /// Sample what one database's sessions do until SIGTERM, then report.
     PgSample(pg_sample::PgSampleArgs),
+    /// Time sequential requests to one URL on one keep-alive connection.
+    Probe(probe::ProbeArgs),
 }
 
 #[tokio::main]
@@ -48,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Submit(args) => submit::run(args).await,
         Command::Broker(args) => broker::run(args).await,
         Command::PgSample(args) => pg_sample::run(args).await,
+        Command::Probe(args) => probe::run(args).await,
     }
 }
 
@@ -58,7 +62,10 @@ async fn serve(app: axum::Router, port: u16) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("failed to bind 127.0.0.1:{port}: pick a free port or 0"))?;
     let address = listener.local_addr()?;
-    println!("{}", serde_json::json!({ "url": format!("http://{address}") }));
+    println!(
+        "{}",
+        serde_json::json!({ "url": format!("http://{address}") })
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(stop_requested())
         .await

@@ -82,7 +82,11 @@ pub async fn run(args: PgSampleArgs) -> anyhow::Result<()> {
             let state: Option<String> = row.get("state");
             let state = state.unwrap_or_default();
             // An idle session's query is only the last one it ran.
-            let query = if state == "idle" { String::new() } else { row.get("query") };
+            let query = if state == "idle" {
+                String::new()
+            } else {
+                row.get("query")
+            };
             *counts.entry((state, row.get("wait"), query)).or_default() += 1;
         }
     }
@@ -97,7 +101,7 @@ pub async fn run(args: PgSampleArgs) -> anyhow::Result<()> {
             average_sessions: count as f64 / samples.max(1) as f64,
         })
         .collect();
-    rows.sort_by(|a, b| b.samples.cmp(&a.samples));
+    rows.sort_by_key(|row| std::cmp::Reverse(row.samples));
     rows.truncate(ROWS_KEPT);
     let report = Report {
         samples,

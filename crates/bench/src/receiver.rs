@@ -29,7 +29,7 @@ use crate::signature::Verifier;
 
 #[derive(Args)]
 pub struct ReceiverArgs {
-    /// TCP port on 127.0.0.1; 0 lets the kernel pick one.
+    /// TCP port on 127.0.0.1, or 0 to let the kernel pick one.
     #[arg(long, default_value_t = 0)]
     port: u16,
 
@@ -148,7 +148,10 @@ async fn receive_probe(
 
 async fn stats(State(receiver): State<Arc<Receiver>>) -> Json<Stats> {
     let records = receiver.lock_records();
-    let unique: HashSet<&str> = records.iter().map(|record| record.task_id.as_str()).collect();
+    let unique: HashSet<&str> = records
+        .iter()
+        .map(|record| record.task_id.as_str())
+        .collect();
     Json(Stats {
         callbacks: records.len(),
         unique_tasks: unique.len(),

@@ -1,19 +1,19 @@
-//! Verification of Standard Webhooks signatures, written from the
-//! specification (standardwebhooks.com): `webhook-signature` holds
-//! space-separated `v1,<base64>` entries, each an HMAC-SHA256 of
+//! Verification of Standard Webhooks signatures in the form the
+//! callback-worker signs them: `webhook-signature` contains space-separated
+//! `v1,<base64>` entries, each an HMAC-SHA256 of
 //! `{webhook-id}.{webhook-timestamp}.{body}` keyed with the base64 bytes
-//! after `whsec_` in the secret.
+//! after `whsec_` in the team's secret.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// The specification's default tolerance between the signed timestamp and
-/// the receiver's clock.
+/// Maximum difference between the signed timestamp and the receiver's
+/// clock, as in the Python `standardwebhooks` package (1.3.0).
 const TOLERANCE_SECONDS: i64 = 5 * 60;
 
-/// Why a request failed verification.
+/// The reason a request failed verification.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("the {0} header is missing")]
@@ -56,15 +56,13 @@ impl Verifier {
         let id = id.ok_or(Rejection::MissingHeader("webhook-id"))?;
         let timestamp = timestamp.ok_or(Rejection::MissingHeader("webhook-timestamp"))?;
         let signatures = signatures.ok_or(Rejection::MissingHeader("webhook-signature"))?;
-        let seconds: i64 = timestamp
-            .parse()
-            .map_err(|_| Rejection::InvalidTimestamp)?;
+        let seconds: i64 = timestamp.parse().map_err(|_| Rejection::InvalidTimestamp)?;
         if (now - seconds).abs() > TOLERANCE_SECONDS {
             return Err(Rejection::StaleTimestamp);
         }
 
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key)
-            .expect("HMAC accepts keys of any length");
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
         mac.update(id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.as_bytes());
@@ -88,7 +86,7 @@ impl Verifier {
 mod tests {
     use super::*;
 
-    // The example published with the Standard Webhooks specification.
+    // The specification's example, also used by the callback-worker's signing test.
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     const ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
     const TIMESTAMP: i64 = 1614265330;

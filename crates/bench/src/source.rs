@@ -24,13 +24,13 @@ const CHUNK_BYTES: u64 = 64 * 1024;
 
 #[derive(Args)]
 pub struct SourceArgs {
-    /// TCP port on 127.0.0.1; 0 lets the kernel pick one.
+    /// TCP port on 127.0.0.1, or 0 to let the kernel pick one.
     #[arg(long, default_value_t = 0)]
     port: u16,
 }
 
 pub async fn run(args: SourceArgs) -> anyhow::Result<()> {
-    // 251 is prime, so the pattern does not repeat at any power-of-two offset.
+    // Any content serves, because the fleet only hashes and stores it.
     let pattern: Vec<u8> = (0..CHUNK_BYTES).map(|i| (i % 251) as u8).collect();
     let app = Router::new()
         .route("/bytes/{size}", get(serve_bytes))
@@ -43,7 +43,10 @@ async fn serve_bytes(
     State(pattern): State<Bytes>,
     Path(parameters): Path<HashMap<String, String>>,
 ) -> axum::response::Response {
-    let Some(size) = parameters.get("size").and_then(|size| size.parse::<u64>().ok()) else {
+    let Some(size) = parameters
+        .get("size")
+        .and_then(|size| size.parse::<u64>().ok())
+    else {
         return (
             StatusCode::BAD_REQUEST,
             "the size in /bytes/{size} must be a whole number of bytes",

@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-/// Errors kept for the report; the rest are only counted.
+/// Errors kept for the report. The rest are only counted.
 const ERRORS_KEPT: usize = 5;
 
 #[derive(Args, Clone)]
@@ -114,8 +114,8 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `concurrency` loops that each send the next task as soon as their
-/// previous one was answered.
+/// Runs `concurrency` loops that each send the next task as soon as the
+/// response to their previous one arrives.
 async fn submit_as_fast_as_possible(client: &reqwest::Client, args: &Arc<SubmitArgs>) -> Vec<Sent> {
     let next = Arc::new(AtomicU64::new(0));
     let mut loops = JoinSet::new();
@@ -140,7 +140,7 @@ async fn submit_as_fast_as_possible(client: &reqwest::Client, args: &Arc<SubmitA
 }
 
 /// Starts task `i` at `i / rate` seconds, with at most `concurrency`
-/// requests in flight; a task whose slot is not free yet starts late.
+/// requests in flight. A task whose slot is not free yet starts late.
 async fn submit_on_schedule(
     client: &reqwest::Client,
     args: &Arc<SubmitArgs>,
@@ -205,7 +205,7 @@ async fn submit_one(client: &reqwest::Client, args: &SubmitArgs, index: u64) -> 
 }
 
 /// Returns the nearest-rank percentile of sorted durations, in milliseconds.
-fn percentile_ms(sorted: &[Duration], fraction: f64) -> f64 {
+pub fn percentile_ms(sorted: &[Duration], fraction: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
