@@ -13,18 +13,18 @@
 //! `FAILURE_TTL` so a tenant that withdrew consent does not hammer the
 //! identity platform.
 
-use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use attache_credentials::cache::{CredentialCache, Expiring};
+use attache_credentials::cache::CredentialCache;
 use attache_credentials::metrics::CREDENTIAL_REQUESTS;
 use attache_egress::{Egress, SendError};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::Deserialize;
 use url::Url;
 
 use crate::AzureArgs;
 use crate::consent::STORAGE_SCOPE;
+pub use attache_credentials::token::AccessToken;
 
 /// How long before expiry cached tokens are renewed.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
@@ -34,40 +34,6 @@ const FAILURE_TTL: Duration = Duration::from_secs(10);
 const MAX_CACHED_TENANTS: usize = 10_000;
 /// Maximum length of a token endpoint error body kept for a message.
 pub(crate) const MAX_ERROR_BODY: usize = 4096;
-
-/// An OAuth 2.0 access token. Its `Debug` output hides the token.
-#[derive(Clone)]
-pub struct AccessToken {
-    pub token: String,
-    pub expires_at: Option<SystemTime>,
-}
-
-impl fmt::Debug for AccessToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AccessToken")
-            .field("token", &"<hidden>")
-            .field("expires_at", &self.expires_at)
-            .finish()
-    }
-}
-
-impl Expiring for AccessToken {
-    fn expires_at(&self) -> Option<SystemTime> {
-        self.expires_at
-    }
-}
-
-impl AccessToken {
-    /// Builds the `Authorization` header carrying this token.
-    pub fn authorization(&self) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", self.token)) {
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
-        }
-        headers
-    }
-}
 
 /// The reason a tenant token could not be obtained.
 #[derive(Clone, Debug, thiserror::Error)]

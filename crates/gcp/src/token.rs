@@ -6,17 +6,17 @@
 //! before they expire, and a denial is remembered for `FAILURE_TTL` so a
 //! misconfigured team does not hammer IAM Credentials.
 
-use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use attache_credentials::cache::{CredentialCache, Expiring};
+use attache_credentials::cache::CredentialCache;
 use attache_credentials::metrics::CREDENTIAL_REQUESTS;
 use attache_egress::{Egress, SendError};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde::Deserialize;
 use url::Url;
 
 use crate::GcpArgs;
+pub use attache_credentials::token::AccessToken;
 
 /// How long before expiry cached tokens are renewed.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
@@ -29,41 +29,6 @@ const MAX_CACHED_ACCOUNTS: usize = 10_000;
 pub const READ_ONLY_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_only";
 /// Longest IAM Credentials error body kept for a message.
 pub(crate) const MAX_ERROR_BODY: usize = 4096;
-
-/// An OAuth 2.0 access token. Its `Debug` output hides the token.
-#[derive(Clone)]
-pub struct AccessToken {
-    pub token: String,
-    /// `None` for a static token, which never expires as far as we know.
-    pub expires_at: Option<SystemTime>,
-}
-
-impl fmt::Debug for AccessToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AccessToken")
-            .field("token", &"<hidden>")
-            .field("expires_at", &self.expires_at)
-            .finish()
-    }
-}
-
-impl Expiring for AccessToken {
-    fn expires_at(&self) -> Option<SystemTime> {
-        self.expires_at
-    }
-}
-
-impl AccessToken {
-    /// Builds the `Authorization` header carrying this token.
-    pub fn authorization(&self) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", self.token)) {
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
-        }
-        headers
-    }
-}
 
 /// The reason a token could not be obtained.
 #[derive(Clone, Debug, thiserror::Error)]
