@@ -61,7 +61,7 @@ pub struct BrokerArgs {
 #[derive(Args, Clone, Debug)]
 pub struct LogArgs {
     /// Log output format. Filter with `RUST_LOG`, for example `info` or
-    /// `attache_fetch_worker=debug`.
+    /// `info,attache_queue=debug`.
     #[arg(long, env = "ATTACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }

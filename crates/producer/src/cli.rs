@@ -79,7 +79,7 @@ pub struct CreateTeam {
 
 /// Applies pending database migrations.
 pub async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
-    Store::connect(database)?.migrate().await?;
+    Store::open(database).await?;
     Ok(())
 }
 
@@ -91,8 +91,7 @@ pub async fn team(command: TeamCommand) -> anyhow::Result<()> {
         !name.is_empty() && name.len() <= 200,
         "--name must be 1 to 200 characters"
     );
-    let store = Store::connect(&create.database)?;
-    store.migrate().await?;
+    let store = Store::open(&create.database).await?;
     let credentials = TeamCredentials::generate();
     store.create_team(credentials.new_team(name)).await?;
 
@@ -119,8 +118,7 @@ pub async fn replay(command: ReplayCommand) -> anyhow::Result<()> {
         command.kind == "attachments" || command.error_code.is_none(),
         "--error-code filters attachments only: remove it to replay callbacks"
     );
-    let store = Store::connect(&command.database)?;
-    store.migrate().await?;
+    let store = Store::open(&command.database).await?;
     let filter = attache_store::replay::ReplayFilter {
         team_id: command.team,
         task_id: command.task,

@@ -21,7 +21,7 @@ pub async fn connect(url: &str, name: &str, shutdown: &CancellationToken) -> Opt
                 .with_jitter(),
         )
         .notify(|error, delay| {
-            tracing::warn!(%error, retry_in = ?delay, "failed to connect to RabbitMQ, retrying");
+            tracing::warn!(%error, retry_in = ?delay, "failed to connect to RabbitMQ at ATTACHE_AMQP_URL, retrying");
         });
     tokio::select! {
         connection = retrying => connection.ok(),

@@ -51,8 +51,10 @@ pub enum StoreError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("database migration failed: {0}")]
     Migration(#[from] refinery::Error),
-    #[error("invalid database URL: {0}")]
+    #[error("{0}")]
     Config(String),
+    #[error("{0}")]
+    Startup(String),
     #[error("unexpected value in column `{column}`: {value}")]
     Corrupt { column: &'static str, value: String },
 }
@@ -72,7 +74,11 @@ impl Store {
         let config: tokio_postgres::Config = args
             .database_url
             .parse()
-            .map_err(|error: tokio_postgres::Error| StoreError::Config(error.to_string()))?;
+            .map_err(|error: tokio_postgres::Error| {
+                StoreError::Config(format!(
+                    "ATTACHE_DATABASE_URL (--database-url) is not a PostgreSQL URL ({error}): write it as postgres://USER@HOST:PORT/DATABASE"
+                ))
+            })?;
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -125,7 +131,13 @@ impl Store {
     /// PostgreSQL to answer: what every binary does at start.
     pub async fn open(args: &DatabaseArgs) -> Result<Self> {
         let store = Self::connect(args)?;
-        store.migrate_with_retry(Duration::from_secs(120)).await?;
+        if let Err(error) = store.migrate_with_retry(Duration::from_secs(120)).await {
+            return Err(StoreError::Startup(format!(
+                "cannot prepare the database {} (ATTACHE_DATABASE_URL): {}: check that PostgreSQL runs there and the database exists (createdb)",
+                describe(&args.database_url),
+                error_chain(&error)
+            )));
+        }
         Ok(store)
     }
 
@@ -138,9 +150,7 @@ impl Store {
         loop {
             match self.migrate().await {
                 Ok(()) => return Ok(()),
-                Err(error @ (StoreError::Pool(_) | StoreError::Postgres(_)))
-                    if started.elapsed() + delay < max_wait =>
-                {
+                Err(error) if unreachable(&error) && started.elapsed() + delay < max_wait => {
                     tracing::warn!(%error, retry_in = ?delay, "database not reachable at start, retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -180,4 +190,52 @@ fn parse_column<T: std::str::FromStr>(column: &'static str, value: &str) -> Resu
         column,
         value: value.to_owned(),
     })
+}
+
+/// Names a database URL's host, port and database, leaving out credentials.
+fn describe(database_url: &str) -> String {
+    let Ok(config) = database_url.parse::<tokio_postgres::Config>() else {
+        return "(unparsable URL)".to_owned();
+    };
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_default();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "`{}` at {host}:{port}",
+        config.get_dbname().unwrap_or_default()
+    )
+}
+
+/// Joins an error and its causes, so the innermost reason (such as
+/// `database "x" does not exist`) is shown.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Tells whether an error means PostgreSQL could not be reached, which
+/// may pass, rather than an answer such as a missing database or a wrong
+/// password, which will not.
+fn unreachable(error: &StoreError) -> bool {
+    match error {
+        StoreError::Pool(deadpool_postgres::PoolError::Backend(error))
+        | StoreError::Postgres(error) => error.code().is_none(),
+        StoreError::Pool(deadpool_postgres::PoolError::Timeout(_)) => true,
+        _ => false,
+    }
 }
