@@ -139,12 +139,9 @@ impl FetchWorker {
             config.broker.broker_consumer_timeout,
         );
         let store = Store::open(&config.database).await?;
-        let admin = TcpListener::bind(config.admin_addr).await.map_err(|error| {
-            anyhow::anyhow!(
-                "cannot listen on {} (ATTACHE_ADMIN_ADDR, --admin-addr): {error}: choose a free address",
-                config.admin_addr
-            )
-        })?;
+        let admin =
+            attache_telemetry::bind_listener(config.admin_addr, "ATTACHE_ADMIN_ADDR, --admin-addr")
+                .await?;
         Ok(Self {
             config,
             store,

@@ -68,18 +68,11 @@ impl Producer {
     /// Binds both listeners, connects to PostgreSQL and migrates it.
     pub async fn bind(config: ProducerConfig) -> anyhow::Result<Self> {
         let store = Store::open(&config.database).await?;
-        let api = TcpListener::bind(config.api_addr).await.map_err(|error| {
-            anyhow::anyhow!(
-                "cannot listen on {} (ATTACHE_API_ADDR, --api-addr): {error}: choose a free address",
-                config.api_addr
-            )
-        })?;
-        let admin = TcpListener::bind(config.admin_addr).await.map_err(|error| {
-            anyhow::anyhow!(
-                "cannot listen on {} (ATTACHE_ADMIN_ADDR, --admin-addr): {error}: choose a free address",
-                config.admin_addr
-            )
-        })?;
+        let api = attache_telemetry::bind_listener(config.api_addr, "ATTACHE_API_ADDR, --api-addr")
+            .await?;
+        let admin =
+            attache_telemetry::bind_listener(config.admin_addr, "ATTACHE_ADMIN_ADDR, --admin-addr")
+                .await?;
         Ok(Self {
             config,
             store,

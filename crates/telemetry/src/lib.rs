@@ -138,6 +138,20 @@ where
     (readiness, broker_ready)
 }
 
+/// Binds a listener on `addr`, naming the address and the setting that
+/// chose it (`setting`) in the error, so an address in use is easy to fix.
+pub async fn bind_listener(
+    addr: std::net::SocketAddr,
+    setting: &str,
+) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|error| {
+        std::io::Error::new(
+            error.kind(),
+            format!("cannot listen on {addr} ({setting}): {error}: choose a free address"),
+        )
+    })
+}
+
 /// Serves the admin endpoints on `listener` until `shutdown` fires.
 pub async fn serve_admin(listener: TcpListener, readiness: Readiness, shutdown: CancellationToken) {
     let router = Router::new()
