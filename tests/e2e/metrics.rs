@@ -15,7 +15,7 @@ fn repository() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Every `attache_` metric name that a deploy file mentions.
+/// Collects every `attache_` metric name that a deploy file mentions.
 fn referenced_metrics() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for file in [
@@ -34,7 +34,7 @@ fn referenced_metrics() -> BTreeSet<String> {
     names
 }
 
-/// The promtool that deploy/check.sh installs, or one on PATH.
+/// Finds the promtool that deploy/check.sh installs, or one on PATH.
 fn promtool() -> PathBuf {
     if let Ok(path) = std::env::var("ATTACHE_TEST_PROMTOOL") {
         return PathBuf::from(path);
@@ -72,7 +72,7 @@ async fn dashboard_and_alert_metrics_exist() {
     receiver.wait_for(1).await;
 
     // All three binaries run in this process and share one registry, so
-    // any admin server shows every metric; each must answer all the same.
+    // any admin server shows every metric; each must respond all the same.
     let mut scrape = String::new();
     for admin in deployment.admin {
         let response = deployment

@@ -115,7 +115,7 @@ impl Aws {
 
     /// Returns the identity for a team: its role when `delegation` (account
     /// ID, External ID) is set, else our own. A delegated team never gets
-    /// our own identity, whatever STS answers.
+    /// our own identity, whatever STS returns.
     pub async fn identity(
         &self,
         delegation: Option<(&str, &str)>,
@@ -202,7 +202,9 @@ fn classify_sts_error(
                 ));
             }
             let message = service.err().message().unwrap_or(code);
-            AssumeError::Denied(format!("STS refused AssumeRole (HTTP {status}): {message}"))
+            AssumeError::Denied(format!(
+                "STS rejected AssumeRole (HTTP {status}): {message}"
+            ))
         }
         other => AssumeError::Unavailable(format!("STS could not be reached: {other}")),
     }

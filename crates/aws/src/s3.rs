@@ -1,6 +1,6 @@
 //! S3 GetObject for one attachment.
 //!
-//! A bucket outside the configured region answers with a redirect naming
+//! A bucket outside the configured region responds with a redirect naming
 //! its region in `x-amz-bucket-region`; the request is sent once more in
 //! that region, and the bucket's region is remembered. Checksum validation
 //! is requested, so the SDK compares the object's stored checksum (when it

@@ -34,10 +34,10 @@ pub struct CallbackHandler {
     pub lease: Duration,
 }
 
-/// What one POST produced.
+/// The result of one POST.
 struct Sent {
     status_code: Option<u16>,
-    /// `None` when the customer answered 2xx.
+    /// `None` when the customer responded 2xx.
     error: Option<String>,
     /// No later attempt can succeed: 410 Gone, or a destination the guard
     /// denies.

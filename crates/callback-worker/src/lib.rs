@@ -2,7 +2,7 @@
 //!
 //! Consumes callback jobs, signs each task's result following Standard
 //! Webhooks, POSTs it to the customer without following redirects, and
-//! records every attempt. A 2xx answer delivers the callback; 410 Gone stops
+//! records every attempt. A 2xx response delivers the callback; 410 Gone stops
 //! it at once; anything else is retried on the configured schedule, and a
 //! callback that runs out of attempts is marked dead for an operator to
 //! replay.
@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::handler::CallbackHandler;
 use crate::limiter::HostLimiter;
 
-/// The longest delay between two delivery attempts, before jitter.
+/// The maximum delay between two delivery attempts, before jitter.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10 * 3600);
 
 /// How long a delivery is held and retried through a database outage
@@ -138,7 +138,7 @@ impl CallbackWorker {
         })
     }
 
-    /// The address the admin server listens on.
+    /// Returns the address the admin server listens on.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
             .local_addr()

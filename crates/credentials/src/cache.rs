@@ -51,7 +51,7 @@ pub struct CredentialCache<K, V, E> {
 }
 
 impl<K: Hash + Eq + Clone, V: Expiring + Clone, E: Clone> CredentialCache<K, V, E> {
-    /// An empty cache; `provider` labels its metrics.
+    /// Creates an empty cache; `provider` labels its metrics.
     pub fn new(
         provider: &'static str,
         refresh_margin: Duration,
@@ -161,7 +161,7 @@ mod tests {
         }
     }
 
-    /// A cache whose clock starts at a fixed time and moves when told.
+    /// A cache whose clock starts at a fixed time and moves when a test sets it.
     fn cache(offset: Arc<AtomicU64>) -> CredentialCache<&'static str, Token, String> {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         CredentialCache::new("test", Duration::from_secs(300), Duration::from_secs(10), 2)

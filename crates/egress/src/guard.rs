@@ -49,7 +49,7 @@ impl AddressClass {
         Self::SiteLocal,
     ];
 
-    /// A short label, also used as a metric label.
+    /// Returns a short label, also used as a metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Unspecified => "unspecified",
@@ -135,7 +135,7 @@ fn classify_v4(ip: Ipv4Addr) -> Option<AddressClass> {
         .iter()
         .find(|((network, prefix), _)| {
             Ipv4Net::new(*network, *prefix)
-                .expect("the table holds valid prefixes")
+                .expect("the table contains only valid prefixes")
                 .contains(&ip)
         })
         .map(|(_, class)| *class)
@@ -154,7 +154,7 @@ fn classify_v6(ip: Ipv6Addr) -> Option<AddressClass> {
     let denied = DENIED_V6.iter().find(|(network, _)| {
         network
             .parse::<Ipv6Net>()
-            .expect("the table holds valid prefixes")
+            .expect("the table contains only valid prefixes")
             .contains(&ip)
     });
     if let Some((_, class)) = denied {
@@ -186,7 +186,7 @@ pub struct DestinationPolicy {
 }
 
 impl DestinationPolicy {
-    /// A policy that allows `allowed` ranges and every public address.
+    /// Creates a policy that allows `allowed` ranges and every public address.
     pub fn new(allowed: Vec<IpNet>) -> Self {
         Self { allowed }
     }
@@ -204,7 +204,7 @@ impl DestinationPolicy {
     }
 
     /// Decides on every address a host name resolved to: one denied
-    /// answer denies the name, so a name mixing public and internal answers
+    /// address denies the name, so a name mixing public and internal answers
     /// cannot be used to reach the internal one.
     pub fn check_all(&self, host: &str, answers: &[IpAddr]) -> Result<(), Denied> {
         for ip in answers {
@@ -216,7 +216,7 @@ impl DestinationPolicy {
         Ok(())
     }
 
-    /// Decides on a URL whose host is an IP literal, which no resolver sees.
+    /// Decides on a URL whose host is an IP literal, which no resolver is asked about.
     /// A host name passes here and is judged when it is resolved.
     pub fn check_literal(&self, url: &Url) -> Result<(), Denied> {
         let ip = match url.host() {

@@ -20,7 +20,7 @@ use url::Url;
 
 use crate::metrics::{FAILURES, HEALTHY, IN_FLIGHT, REQUESTS};
 
-/// The longest time an unhealthy member is skipped before it is tried again.
+/// The maximum time an unhealthy member is skipped before it is tried again.
 const MAX_SKIP: Duration = Duration::from_secs(60);
 /// Time allowed for a probe's connection to a proxy.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -79,7 +79,7 @@ impl MemberSpec {
     }
 }
 
-/// How members are checked.
+/// Settings of the member health check.
 #[derive(Clone, Copy, Debug)]
 pub struct HealthSettings {
     /// Member failures in a row before the member is skipped.
@@ -88,7 +88,7 @@ pub struct HealthSettings {
     pub skip_for: Duration,
 }
 
-/// What a member is.
+/// The kind of a member.
 #[derive(Clone, Debug)]
 pub(crate) enum MemberKind {
     Direct,

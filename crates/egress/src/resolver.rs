@@ -32,7 +32,7 @@ impl Lookup for SystemLookup {
     }
 }
 
-/// Which address family a member can connect from.
+/// The address family a member can connect from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     Any,
@@ -40,11 +40,11 @@ pub enum Family {
     V6,
 }
 
-/// Resolves with a [`Lookup`], then vets every answer with the policy.
+/// Resolves with a [`Lookup`], then vets every address with the policy.
 pub struct GuardedResolver {
     pub lookup: Arc<dyn Lookup>,
     pub policy: Arc<DestinationPolicy>,
-    /// A member bound to an IPv4 source address cannot reach IPv6 answers,
+    /// A member bound to an IPv4 source address cannot reach IPv6 addresses,
     /// and the reverse; they are dropped before vetting.
     pub family: Family,
 }

@@ -33,7 +33,7 @@ pub enum AccessPath {
 }
 
 impl AccessPath {
-    /// A label for logs and metrics.
+    /// Returns a label for logs and metrics.
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Anonymous => "anonymous",

@@ -76,7 +76,7 @@ pub struct FetchWorkerConfig {
     #[arg(long, env = "ATTACHE_FETCH_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub fetch_connect_timeout: Duration,
 
-    /// Longest silence while reading a source's response.
+    /// Maximum silence while reading a source's response.
     #[arg(long, env = "ATTACHE_FETCH_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub fetch_read_timeout: Duration,
 
@@ -149,7 +149,7 @@ impl FetchWorker {
         })
     }
 
-    /// The address the admin server listens on.
+    /// Returns the address the admin server listens on.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
             .local_addr()

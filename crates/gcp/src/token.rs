@@ -218,7 +218,7 @@ impl Gcp {
         }
         let answer: GenerateAccessTokenResponse = response.json().await.map_err(|error| {
             TokenError::Unavailable(format!(
-                "IAM Credentials answered generateAccessToken with an unreadable body ({})",
+                "IAM Credentials returned an unreadable generateAccessToken response body ({})",
                 error_chain(&error)
             ))
         })?;
@@ -273,7 +273,7 @@ fn classify_iam_status(status: u16, service_account: &str, detail: &str) -> Toke
             "IAM Credentials rejected Attaché's own credentials (HTTP 401: {detail}); the operator must renew them"
         )),
         _ => TokenError::Denied(format!(
-            "IAM Credentials refused a token for {service_account} (HTTP {status}: {detail})"
+            "IAM Credentials rejected a token for {service_account} (HTTP {status}: {detail})"
         )),
     }
 }

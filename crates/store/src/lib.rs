@@ -128,7 +128,7 @@ impl Store {
     }
 
     /// Builds the pool and applies migrations, waiting up to two minutes for
-    /// PostgreSQL to answer: what every binary does at start.
+    /// PostgreSQL to respond: what every binary does at start.
     pub async fn open(args: &DatabaseArgs) -> Result<Self> {
         let store = Self::connect(args)?;
         if let Err(error) = store.migrate_with_retry(Duration::from_secs(120)).await {
@@ -229,7 +229,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Tells whether an error means PostgreSQL could not be reached, which
-/// may pass, rather than an answer such as a missing database or a wrong
+/// may pass, rather than a response such as a missing database or a wrong
 /// password, which will not.
 fn unreachable(error: &StoreError) -> bool {
     match error {

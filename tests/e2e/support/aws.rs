@@ -269,11 +269,11 @@ pub struct RecordingProxy {
 struct RecordingShared {
     upstream: Upstream,
     requests: Mutex<Vec<RecordedRequest>>,
-    /// A region to name in a redirect answered to the next GET.
+    /// A region to name in a redirect sent in response to the next GET.
     redirect_next_get: Mutex<Option<String>>,
     /// Whether to change one byte of the next GET's response body.
     corrupt_next_get: std::sync::atomic::AtomicBool,
-    /// Whether to answer the next GET as S3 answers expired credentials.
+    /// Whether to reject the next GET as S3 rejects expired credentials.
     expire_next_get: std::sync::atomic::AtomicBool,
 }
 
@@ -294,13 +294,13 @@ impl RecordingProxy {
         format!("http://{}", self.addr)
     }
 
-    /// Answers the next GET, instead of forwarding it, the way S3 answers
+    /// Responds to the next GET, instead of forwarding it, as S3 responds to
     /// a request sent to the wrong region: 301 naming `region`.
     pub fn redirect_next_get(&self, region: &str) {
         *self.shared.redirect_next_get.lock().unwrap() = Some(region.to_owned());
     }
 
-    /// Answers the next GET with 400 ExpiredToken, as S3 answers a request
+    /// Rejects the next GET with 400 ExpiredToken, as S3 rejects a request
     /// signed with temporary credentials that have expired.
     pub fn expire_next_get(&self) {
         self.shared.expire_next_get.store(true, Ordering::SeqCst);

@@ -363,7 +363,7 @@ pub struct BlobFront {
 }
 
 impl BlobFront {
-    /// `sas` holds a read-only SAS query per container, from
+    /// `sas` contains a read-only SAS query per container, from
     /// [`Azurite::create`].
     pub async fn start(
         azurite: &Azurite,

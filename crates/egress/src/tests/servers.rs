@@ -17,7 +17,7 @@ use crate::resolver::Lookup;
 use crate::{Egress, EgressArgs, EgressSettings};
 
 /// A server on 127.0.0.1 that records each request's peer address and
-/// answers 204 to allowed peers, 403 to others.
+/// responds 204 to allowed peers, 403 to others.
 pub struct Recorder {
     pub addr: SocketAddr,
     peers: Arc<Mutex<Vec<IpAddr>>>,
@@ -53,7 +53,7 @@ impl Recorder {
         Self { addr, peers }
     }
 
-    /// The peer address of every request so far.
+    /// Returns the peer address of every request so far.
     pub fn peers(&self) -> Vec<IpAddr> {
         self.peers.lock().unwrap().clone()
     }
@@ -92,7 +92,7 @@ async fn redirect(Query(query): Query<RedirectQuery>) -> impl IntoResponse {
     (StatusCode::FOUND, headers)
 }
 
-/// A resolver that answers from a script: each lookup takes the next
+/// A resolver that returns answers from a script: each lookup takes the next
 /// answer, and the last answer repeats.
 pub struct ScriptedLookup {
     host: String,
@@ -146,7 +146,7 @@ pub fn settings() -> EgressSettings {
     }
 }
 
-/// A pool of `members` (direct when empty) that allows loopback.
+/// Builds a pool of `members` (direct when empty) that allows loopback.
 pub fn pool(members: &[&str], lookup: Arc<dyn Lookup>) -> Egress {
     let args = EgressArgs {
         egress_members: members
@@ -161,7 +161,7 @@ pub fn pool(members: &[&str], lookup: Arc<dyn Lookup>) -> Egress {
     Egress::with_lookup(&args, &settings(), lookup).unwrap()
 }
 
-/// A loopback port with nothing listening on it.
+/// Returns a loopback port with nothing listening on it.
 pub async fn closed_port() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap().port()

@@ -42,7 +42,7 @@ impl FetchError {
         }
     }
 
-    /// The error for an object of at least `size` bytes, over `max_bytes`.
+    /// Creates the error for an object of at least `size` bytes, over `max_bytes`.
     pub fn too_large(size: u64, max_bytes: u64) -> Self {
         Self::new(
             ErrorCode::TooLarge,
@@ -51,7 +51,7 @@ impl FetchError {
     }
 }
 
-/// What a fetch needs to know.
+/// The input of one fetch.
 pub struct FetchRequest<'a> {
     pub reference: &'a AttachmentRef,
     pub team_id: TeamId,
@@ -111,7 +111,7 @@ impl Fetchers {
         Self { by_provider }
     }
 
-    /// The fetcher for `provider`, if this deployment has one.
+    /// Returns the fetcher for `provider`, if this deployment has one.
     pub fn get(&self, provider: Provider) -> Option<&Arc<dyn Fetcher>> {
         self.by_provider.get(&provider)
     }

@@ -3,7 +3,7 @@
 //! Routes are declared in [`paths`] and documented in `openapi.json` next to
 //! this crate's manifest, and a test checks that the two match. Every
 //! rejection is a JSON [`error::ApiError`] with a stable code, the offending
-//! field and a message that says what to change.
+//! field and a message that states what to change.
 
 pub mod auth;
 pub mod error;
@@ -204,7 +204,7 @@ impl AppState {
 /// Time allowed for a request body to arrive once its headers have.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Answers 413 as soon as a request announces a body over the limit,
+/// Responds 413 as soon as a request announces a body over the limit,
 /// before reading any of it.
 async fn reject_oversized(
     State(state): State<AppState>,

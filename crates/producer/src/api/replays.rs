@@ -16,7 +16,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 
-/// What a replay request names.
+/// The kind of rows a replay request selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplayKind {
@@ -24,7 +24,7 @@ pub enum ReplayKind {
     Callbacks,
 }
 
-/// The answer to a replay.
+/// The response to a replay.
 #[derive(Serialize)]
 pub struct Replayed {
     kind: ReplayKind,
