@@ -38,14 +38,14 @@ chaos-small: build python-env ## The chaos test with 60 tasks and the same fault
 	.venv/bin/python scripts/chaos.py --tasks 60 --rate 2
 
 .PHONY: bench
-bench: ## Measure throughput, latency, memory and scaling beside same-run references; write BENCHMARKS.md
+bench: python-env ## Measure throughput, latency, memory, scaling and credential requests beside same-run references; write BENCHMARKS.md
 	$(CARGO) build --release --bins
-	python3 scripts/bench.py
+	.venv/bin/python scripts/bench.py
 
 .PHONY: bench-smoke
-bench-smoke: ## A bench run of tiny sizes, under a minute, that proves the harness works
+bench-smoke: python-env ## A bench run of tiny sizes, about a minute, that proves the harness works
 	$(CARGO) build --release --bins
-	python3 scripts/bench.py --smoke
+	.venv/bin/python scripts/bench.py --smoke
 
 .PHONY: deploy-check
 deploy-check: ## Validate deploy/ offline (manifests, alerts, dashboard, Compose); installs promtool for the tests

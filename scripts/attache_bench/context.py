@@ -29,6 +29,7 @@ class Context:
     source: Helper
     receiver: Helper
     tool_env: dict[str, str]
+    queue_prefix: str
 
     def submit(
         self, fleet_: Fleet, tasks: int, per_task: int, size: int, run_id: str, **options: Any

@@ -1,10 +1,10 @@
 """The Attaché fleet under test: its settings, start and stop, and its state.
 
 `Fleet` starts one producer, N fetch-workers and one callback-worker from
-the release build through `Services`, all against the attache_bench
-database and queue prefix, and stops them between phases. `clear_data`
+the release build through `Services`, all against one database and queue
+prefix (see `run_names`), and stops them between phases. `clear_data`
 empties the pipeline tables and the attachment store between phases while
-keeping the team, so every phase starts from the same empty pipeline.
+keeping the teams, so every phase starts from the same empty pipeline.
 """
 
 import os
@@ -17,8 +17,9 @@ from attache_demo import DemoError, infra
 from attache_demo.api import request_json
 from attache_demo.services import Services, free_port
 
+# The database of the fleet phases of a full run, also their queue prefix.
 DATABASE = "attache_bench"
-QUEUE_PREFIX = "attache_bench"
+QUEUE_PREFIX = DATABASE
 READY_TIMEOUT_SECONDS = 60
 # Every receiver and source is on 127.0.0.1, so the per-host callback limit
 # must be as high as the concurrency, or deliveries would be postponed.
@@ -31,7 +32,23 @@ DATABASE_POOL_SIZE = 12
 MAX_ATTACHMENT_BYTES = 3 * 1024**3
 
 
-def fleet_env(database: infra.Database, store_dir: Path) -> dict[str, str]:
+def run_names(smoke: bool) -> tuple[str, str]:
+    """Return the database names of the fleet phases and of the cloud phases of a run.
+
+    Each name is also the queue prefix of its part. A smoke run has names
+    of its own and the cloud phases have theirs, so either can run beside
+    a full run of the fleet phases. No name is another name followed by
+    ".", "-" or "_", because `infra.Broker.owns` would then count the
+    other's queues as its own and delete them.
+    """
+    if smoke:
+        return "attache_smokebench", "attache_cloudsmoke"
+    return DATABASE, "attache_cloudbench"
+
+
+def fleet_env(
+    database: infra.Database, store_dir: Path, queue_prefix: str = QUEUE_PREFIX
+) -> dict[str, str]:
     """Return the environment shared by every binary of the benchmark."""
     # Other ATTACHE_ variables of the caller's shell are dropped, so every
     # run measures the same settings.
@@ -43,7 +60,7 @@ def fleet_env(database: infra.Database, store_dir: Path) -> dict[str, str]:
     env.update(
         ATTACHE_DATABASE_URL=database.url,
         ATTACHE_DATABASE_POOL_SIZE=str(DATABASE_POOL_SIZE),
-        ATTACHE_QUEUE_PREFIX=QUEUE_PREFIX,
+        ATTACHE_QUEUE_PREFIX=queue_prefix,
         ATTACHE_STORE_DIR=str(store_dir),
         ATTACHE_EGRESS_MEMBERS="local:127.0.0.11,local:127.0.0.12",
         ATTACHE_EGRESS_ALLOW_CIDRS="127.0.0.0/8",
@@ -65,10 +82,18 @@ class Fleet:
         self.api_url = ""
         self.fetch_workers: list[str] = []
 
-    def start(self, fetch_workers: int, extra_env: dict[str, str] | None = None) -> None:
-        """Start the fleet and wait until every binary's /readyz returns 200."""
+    def start(
+        self,
+        fetch_workers: int,
+        extra_env: dict[str, str] | None = None,
+        api_addr: str | None = None,
+    ) -> None:
+        """Start the fleet and wait until every binary's /readyz returns 200.
+
+        The API listens on api_addr, or on a free loopback port when it is None.
+        """
         extra = dict(extra_env or {})
-        api_addr = f"127.0.0.1:{free_port()}"
+        api_addr = api_addr or f"127.0.0.1:{free_port()}"
         self.api_url = f"http://{api_addr}"
         self.services.start(
             "producer",
@@ -76,17 +101,24 @@ class Fleet:
             "serve",
             env={**extra, "ATTACHE_API_ADDR": api_addr, "ATTACHE_ADMIN_ADDR": _admin_addr()},
         )
-        self.fetch_workers = [f"fetch-worker-{n}" for n in range(1, fetch_workers + 1)]
-        for name in self.fetch_workers:
-            self.services.start(
-                name, "attache-fetch-worker", env={**extra, "ATTACHE_ADMIN_ADDR": _admin_addr()}
-            )
+        self.fetch_workers = []
+        for _ in range(fetch_workers):
+            self.start_fetch_worker(extra)
         self.services.start(
             "callback-worker",
             "attache-callback-worker",
             env={**extra, "ATTACHE_ADMIN_ADDR": _admin_addr()},
         )
         self.services.wait_ready(READY_TIMEOUT_SECONDS)
+
+    def start_fetch_worker(self, extra_env: dict[str, str]) -> str:
+        """Start one more fetch-worker and return its name. `services.wait_ready` waits for it."""
+        name = f"fetch-worker-{len(self.fetch_workers) + 1}"
+        self.services.start(
+            name, "attache-fetch-worker", env={**extra_env, "ATTACHE_ADMIN_ADDR": _admin_addr()}
+        )
+        self.fetch_workers.append(name)
+        return name
 
     def pids(self) -> dict[str, int]:
         """Return the pid of each running binary by name."""
@@ -136,6 +168,15 @@ def clear_data(database: infra.Database, store_dir: Path) -> None:
     )
     shutil.rmtree(store_dir, ignore_errors=True)
     store_dir.mkdir(parents=True)
+
+
+def wait_for_empty_outbox(database: infra.Database, timeout: float) -> None:
+    """Wait until the relay has published every outbox row."""
+    deadline = time.monotonic() + timeout
+    while database.scalar("SELECT count(*) FROM outbox") != 0:
+        if time.monotonic() > deadline:
+            raise DemoError(f"the outbox still had rows after {timeout:.0f} s")
+        time.sleep(0.2)
 
 
 def receiver_stats(receiver_url: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from attache_demo import DemoError
 
-from . import fleet, machine
+from . import machine
 from .context import Context
 from .fleet import Fleet
 from .profile import Profile, ProfileProbe
@@ -79,7 +79,7 @@ def measure_references(ctx: Context) -> References:
     )
     broker = run_report(
         ctx.bench_binary,
-        ["broker", f"--queue={fleet.QUEUE_PREFIX}.reference", f"--messages={settings.attachments}"],
+        ["broker", f"--queue={ctx.queue_prefix}.reference", f"--messages={settings.attachments}"],
         ctx.tool_env,
         settings.phase_timeout,
     )

@@ -4,6 +4,7 @@ import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
+from .credentials import CredentialRun
 from .machine import Machine
 from .memory import MemoryRun
 from .phases import LatencyRun, References, ThroughputRun
@@ -19,6 +20,8 @@ class Results:
     machine: Machine
     command: str
     smoke: bool
+    # The phases that ran, in run order. The page shows only their figures.
+    phases: tuple[str, ...]
     started: datetime.datetime
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
@@ -27,10 +30,11 @@ class Results:
     binaries: str
     settings: Settings
     fleet_settings: dict[str, str]
-    references: References
+    references: References | None
     throughput: list[ThroughputRun]
-    latency: LatencyRun
+    latency: LatencyRun | None
     memory: list[MemoryRun]
+    credentials: list[CredentialRun]
 
 
 def _load(values: tuple[float, float, float]) -> str:
@@ -42,17 +46,20 @@ def met(condition: bool) -> str:
 
 
 def render(results: Results) -> str:
-    """Return the whole page as Markdown."""
-    sections = [
-        _header(results),
-        _summary(results),
-        _throughput(results),
-        _references(results),
-        _latency(results),
-        _memory(results),
-        _profile(results),
-        _credentials(),
-    ]
+    """Return the whole page as Markdown, with a section per phase that ran."""
+    sections = [_header(results), _summary(results)]
+    if results.throughput:
+        sections.append(_throughput(results))
+    if results.references:
+        sections.append(_references(results))
+    if results.latency:
+        sections.append(_latency(results))
+    if results.memory:
+        sections.append(_memory(results))
+    if results.throughput:
+        sections.append(_profile(results))
+    if results.credentials:
+        sections.append(_credentials(results))
     return "\n".join(sections)
 
 
@@ -61,11 +68,22 @@ SMOKE_NOTE = """
 mean nothing. `make bench` writes the real page.
 """
 
+CLOUD_NOTE = """
+The cloud phases (credentials and the S3 memory scenario) run their own
+fleet, with a database and queue prefix of their own, beside moto,
+gcp-storage-emulator and Azurite with the Python fronts of `make demo` on
+the same cores. Beyond the settings above, their binaries get the
+ATTACHE_AWS_, ATTACHE_GCP_ and ATTACHE_AZURE_ settings that point at those
+stand-ins, and their fetch-worker the ATTACHE_FETCH_CONCURRENCY that each
+section states.
+"""
+
 
 def _header(results: Results) -> str:
     m = results.machine
     settings = ", ".join(f"`{k}={v}`" for k, v in results.fleet_settings.items())
     smoke = SMOKE_NOTE if results.smoke else ""
+    cloud = CLOUD_NOTE if set(results.phases) & {"credentials", "memory-s3"} else ""
     return f"""# Benchmarks
 {smoke}
 Written by `scripts/bench.py`, run as `{results.command}`. Every figure sits
@@ -77,6 +95,7 @@ fleet with the parts it depends on.
 | --- | --- |
 | date | {results.started:%Y-%m-%d %H:%M} UTC |
 | command | `{results.command}` |
+| phases | {", ".join(results.phases)} |
 | revision | {results.revision} |
 | binaries | {results.binaries} |
 | machine | {m.cores} cores (`nproc`), {m.memory_bytes / 1024**3:.1f} GiB memory, {m.cpu_model} |
@@ -90,7 +109,7 @@ source (`attache-bench source`, Rust), the callback receiver
 and wrk. They share the cores, so a reference measured alone has the
 machine to itself while the fleet shares it with the source, the receiver
 and the submitter. Other work on the machine shows in the load average.
-"""
+{cloud}"""
 
 
 def _summary(results: Results) -> str:
@@ -99,7 +118,7 @@ def _summary(results: Results) -> str:
         *_latency_rows(results),
         *_memory_rows(results),
         *_scaling_rows(results),
-        ("credentials (S3, GCS, Azure)", "not measured", "see Credentials below", "", ""),
+        *_credential_rows(results),
     ]
     lines = [
         "## Summary",
@@ -116,6 +135,8 @@ Row = tuple[str, str, str, str, str]
 
 def _throughput_rows(results: Results) -> list[Row]:
     refs = results.references
+    if not results.throughput or refs is None:
+        return []
     one = results.throughput[0]
     broker_rate = refs.broker["rate"]
     target_met = met(one.steady_rate >= THROUGHPUT_TARGET * broker_rate)
@@ -139,6 +160,8 @@ def _throughput_rows(results: Results) -> list[Row]:
 
 def _latency_rows(results: Results) -> list[Row]:
     lat = results.latency
+    if lat is None or results.references is None:
+        return []
     get, post = results.references.source_latency, results.references.callback_latency
     rows = []
     for name, fleet_ms, get_ms, post_ms in (
@@ -162,8 +185,9 @@ def _memory_rows(results: Results) -> list[Row]:
     rows = []
     for run in results.memory:
         above = run.peak_rss - run.idle_rss
-        is_stream = run is results.memory[0]
-        target = f"< 64 MiB above idle: {met(above < STREAM_MEMORY_TARGET)}" if is_stream else ""
+        target = ""
+        if run.one_stream:
+            target = f"< 64 MiB above idle: {met(above < STREAM_MEMORY_TARGET)}"
         rows.append(
             (
                 f"fetch-worker peak RSS, {run.scenario}",
@@ -177,6 +201,8 @@ def _memory_rows(results: Results) -> list[Row]:
 
 
 def _scaling_rows(results: Results) -> list[Row]:
+    if not results.throughput:
+        return []
     one = results.throughput[0]
     return [
         (
@@ -288,24 +314,27 @@ def _memory(results: Results) -> str:
     lines = [
         "## Memory",
         "",
-        "Each scenario starts a new fetch-worker, reads its VmRSS two seconds after it"
-        " is ready (idle), runs the scenario and then reads VmHWM, the peak resident set"
+        "Each scenario starts a new fetch-worker with"
+        f" `ATTACHE_FETCH_CONCURRENCY={results.settings.parallel_fetches}`, reads its VmRSS"
+        " two seconds after it is ready (idle), runs the scenario and then reads VmHWM, the"
+        " peak resident set"
         " of the process's life, from /proc/PID/status. For the parallel scenario the"
         " worker is stopped with SIGSTOP while the tasks are submitted and published,"
         " so every job reaches it at once; the highest `attache_jobs_in_flight` seen is"
-        " listed.",
+        " listed. The S3 scenario reads one object from moto, uploaded in parts before the"
+        " fleet starts, with a team's role assumed through the STS front, so its seconds"
+        " include the AssumeRole call and the time moto, a Python server, takes to serve"
+        " the object.",
         "",
         "| scenario | idle RSS MiB | peak RSS MiB | above idle MiB | seconds | MiB/s"
         " | most jobs in flight |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    settings = results.settings
-    sizes = (settings.stream_bytes, settings.parallel_bytes * settings.parallel_fetches)
-    for run, total in zip(results.memory, sizes):
+    for run in results.memory:
         lines.append(
             f"| {run.scenario} | {run.idle_rss / MIB:.1f} | {run.peak_rss / MIB:.1f}"
             f" | {(run.peak_rss - run.idle_rss) / MIB:.1f} | {run.seconds:.1f}"
-            f" | {total / MIB / run.seconds:,.0f} | {run.max_in_flight or '1'} |"
+            f" | {run.total_bytes / MIB / run.seconds:,.0f} | {run.max_in_flight or '1'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -341,7 +370,7 @@ def _profile(results: Results) -> str:
         "",
         "| measure | value |",
         "| --- | --- |",
-        "| transactions committed in attache_bench per attachment (`xact_commit`, which also"
+        "| transactions committed in the fleet's database per attachment (`xact_commit`, which also"
         f" counts read-only statements and statement preparations) | {per_attachment['commits']:.2f} |",
         f"| WAL syncs per attachment (server-wide) | {per_attachment['wal_syncs']:.2f} |",
         f"| WAL records per attachment (server-wide) | {per_attachment['wal_records']:.1f} |",
@@ -373,17 +402,71 @@ def _profile(results: Results) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _credentials() -> str:
-    # NOTE: this text states which providers exist and how S3 could be
-    # reached here; rewrite it when a fetcher or a stand-in service changes.
-    return """## Credentials
+def _credential_rows(results: Results) -> list[Row]:
+    rows = []
+    for run in results.credentials:
+        rows.append(
+            (
+                f"{run.provider} credential requests: {run.credential_service}, {run.teams}"
+                f" teams, {run.attachments:,} attachments from a cold fetch-worker",
+                f"{run.requests:,}",
+                f"object reads at the storage endpoint: {run.object_reads:,}",
+                f"{run.requests / run.object_reads:.4f}" if run.object_reads else "",
+                f"= {run.target}, one per team: {met(run.requests == run.target)}",
+            )
+        )
+    return rows
 
-- Azure Blob: not measured: provider not implemented.
-- S3 (`s3://`) and GCS (`gs://`): not measured. Their fetchers exist, but
-  the only endpoints on this machine are the Python stand-ins that the
-  tests use (moto and gcp-storage-emulator), so a figure would measure the
-  stand-in rather than the fetcher or the providers' credential services.
-"""
+
+def _credentials(results: Results) -> str:
+    s = results.settings
+    first = results.credentials[0]
+    lines = [
+        "## Credentials",
+        "",
+        f"For each delegated provider, {first.teams} teams each have delegated access of"
+        " their own: an AWS role that trusts us with the team's External ID, a service"
+        " account that ours may impersonate, or an Azure tenant that consented. Each"
+        " team's role, service account or tenant may read only the team's own bucket or"
+        " container, so a credential used for another team fails the fetch."
+        f" {first.attachments:,} attachments of {size_text(s.credential_bytes)}, in tasks of"
+        f" {s.attachments_per_task} given to the teams in turn, are all queued before a new"
+        " fetch-worker starts with"
+        f" `ATTACHE_FETCH_CONCURRENCY={first.fetch_concurrency}`, so its first fetches start"
+        " together with nothing cached.",
+        "",
+        "Credential requests are counted where they arrive, from just before the"
+        " fetch-worker starts until it stops after the last callback, so the producer's"
+        " requests during the activations are left out: every AssumeRole at the STS front"
+        " before moto (rejected ones included), every generateAccessToken at the mock IAM"
+        " Credentials, and every token request at the mock token endpoint. The fetch-worker's"
+        " own counts come from its `attache_credential_requests_total` and"
+        " `attache_credential_cache_total`, read just before it stopped.",
+        "",
+        "The same-run reference is the object reads that reached the storage endpoint: GETs"
+        " of the teams' buckets that moto served with 200 (from its request log), downloads"
+        " that the Cloud Storage front forwarded to gcp-storage-emulator and that returned"
+        " 200, and reads with a tenant's token that Azurite served with 200 through the Blob"
+        " Storage front. Every attachment must succeed with the SHA-256 of its object, or"
+        " the run fails. The seconds run from the fetch-worker's start to the last callback."
+        " They include the time of the stand-ins, which are Python servers (moto,"
+        " gcp-storage-emulator and the fronts) and Node (Azurite) on the same machine, and"
+        " the fetch-worker's CPU seconds show its own share.",
+        "",
+        "| provider | credential service | requests at the endpoint | target | max for one"
+        " team | fetch-worker's own count | cache misses / hits | attachments succeeded"
+        " | seconds | fetch-worker CPU s | object reads at the storage endpoint |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in results.credentials:
+        lines.append(
+            f"| {run.provider} | {run.credential_service} | {run.requests:,}"
+            f" | {run.target} ({met(run.requests == run.target)}) | {run.max_per_team}"
+            f" | {run.worker_requests:,} | {run.cache_misses:,} / {run.cache_hits:,}"
+            f" | {run.attachments:,} | {run.seconds:.1f} | {run.worker_cpu_seconds:.1f}"
+            f" | {run.object_reads:,} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def write(results: Results, path: Path) -> None:

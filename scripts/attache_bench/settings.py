@@ -33,6 +33,15 @@ class Settings:
     stream_bytes: int = 2 * GIB
     parallel_fetches: int = 256
     parallel_bytes: int = 16 * MIB
+    # Memory over S3: one object of this size, uploaded to moto in parts.
+    s3_stream_bytes: int = 2 * GIB
+    # Credentials, per provider: this many teams with delegated access, and
+    # this many attachments in all, spread over the teams, which one cold
+    # fetch-worker fetches with `credential_fetches` in flight.
+    credential_teams: int = 10
+    credential_attachments: int = 10_000
+    credential_bytes: int = 4 * KIB
+    credential_fetches: int = 256
     # References: wrk's duration for the source's rate and for each latency probe.
     wrk_seconds: float = 10
     probe_seconds: float = 5
@@ -54,6 +63,9 @@ SMOKE = replace(
     stream_bytes=64 * MIB,
     parallel_fetches=16,
     parallel_bytes=1 * MIB,
+    s3_stream_bytes=32 * MIB,
+    credential_teams=2,
+    credential_attachments=100,
     wrk_seconds=1,
     probe_seconds=1,
     phase_timeout=60,

@@ -12,6 +12,7 @@ token for the front. Both record the source address of every request, so
 the demo can check that the binaries sent them through the egress pool.
 """
 
+import contextlib
 import http.client
 import json
 import secrets
@@ -234,13 +235,14 @@ class _StorageHandler(BaseHTTPRequestHandler):
             self.server.upstream_host, self.server.upstream_port, timeout=UPSTREAM_TIMEOUT_SECONDS
         )
         try:
-            upstream.putrequest("GET", self.path, skip_accept_encoding=True)
-            for name, value in self.headers.items():
-                if name.lower() not in HOP_BY_HOP and name.lower() != "host":
-                    upstream.putheader(name, value)
-            upstream.endheaders()
-            response = upstream.getresponse()
-            body = response.read()
+            with self.server.upstream_slot():
+                upstream.putrequest("GET", self.path, skip_accept_encoding=True)
+                for name, value in self.headers.items():
+                    if name.lower() not in HOP_BY_HOP and name.lower() != "host":
+                        upstream.putheader(name, value)
+                upstream.endheaders()
+                response = upstream.getresponse()
+                body = response.read()
         except (OSError, http.client.HTTPException) as error:
             message = f"forwarding to gcp-storage-emulator at {self.server.upstream_url} failed"
             self.server.write_log(f"{message}: {error}")
@@ -270,9 +272,21 @@ class _StorageHandler(BaseHTTPRequestHandler):
 class StorageFront(_LoggingServer):
     """The Cloud Storage JSON API on 127.0.0.1: checks each token's bucket access, then forwards."""
 
-    def __init__(self, upstream_url: str, grants: Grants, log: TextIO) -> None:
-        """Forward to gcp-storage-emulator at upstream_url what grants allows."""
+    def __init__(
+        self, upstream_url: str, grants: Grants, log: TextIO, upstream_limit: int | None = None
+    ) -> None:
+        """Forward to gcp-storage-emulator at upstream_url what grants allows.
+
+        With upstream_limit, at most that many requests are forwarded at
+        once and the rest wait their turn. gcp-storage-emulator 2026.7.19
+        serves one request at a time with a listen backlog of 5, so a burst
+        of connections beyond that is dropped and retried a second or more
+        later.
+        """
         super().__init__(_StorageHandler, log)
+        self.upstream_slots: threading.Semaphore | None = None
+        if upstream_limit is not None:
+            self.upstream_slots = threading.Semaphore(upstream_limit)
         parts = urlsplit(upstream_url)
         if parts.scheme != "http" or parts.hostname is None or parts.port is None:
             raise ValueError(f"upstream_url {upstream_url!r} is not an http URL with a port")
@@ -283,6 +297,12 @@ class StorageFront(_LoggingServer):
         self.records_lock = threading.Lock()
         self.peers: list[str] = []
         self.downloads: list[Download] = []
+
+    def upstream_slot(self) -> contextlib.AbstractContextManager[Any]:
+        """Return a context that takes one of the upstream_limit slots while entered, if limited."""
+        if self.upstream_slots is None:
+            return contextlib.nullcontext()
+        return self.upstream_slots
 
     def record_peer(self, peer: str) -> None:
         with self.records_lock:

@@ -33,6 +33,10 @@ class _LoggingServer(ThreadingHTTPServer):
     """A threaded HTTP server on 127.0.0.1 that writes its access log to a file."""
 
     daemon_threads = True
+    # The listen backlog. socketserver's default of 5 drops connections when
+    # hundreds arrive at once, as from the fetch-worker in the benchmark's
+    # credential phase, and each dropped one waits a second or more to retry.
+    request_queue_size = 1024
 
     def __init__(self, handler: Any, log: TextIO) -> None:
         self.log = log

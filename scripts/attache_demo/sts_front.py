@@ -13,6 +13,7 @@ included, because SigV4 signs that header and moto checks the signature.
 import http.client
 import threading
 import uuid
+from collections import Counter
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any, TextIO
@@ -143,6 +144,7 @@ class StsFront(_LoggingServer):
         self.counts_lock = threading.Lock()
         self.assume_role_requests = 0
         self.assume_role_rejected = 0
+        self.assume_role_by_arn: Counter[str] = Counter()
 
     def check_external_id(self, path: str, headers: Any, body: bytes) -> str | None:
         """Return the role ARN when the request is an AssumeRole to reject, else None."""
@@ -161,8 +163,14 @@ class StsFront(_LoggingServer):
         with self.counts_lock:
             self.assume_role_requests += 1
             self.assume_role_rejected += int(rejected)
+            self.assume_role_by_arn[role_arn] += 1
         if not rejected:
             return None
         problem = "missing" if external_id is None else "wrong"
         self.write_log(f"rejected AssumeRole of {role_arn}: ExternalId {problem}")
         return role_arn
+
+    def assume_role_counts(self) -> Counter[str]:
+        """Return the AssumeRole requests received so far per role ARN, rejected ones included."""
+        with self.counts_lock:
+            return Counter(self.assume_role_by_arn)
