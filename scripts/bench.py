@@ -327,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
             say(f"warning: {warning}")
         for helper in helpers:
             helper.stop()
+        for service in all_services:
+            store_dir = Path(service.env["ATTACHE_STORE_DIR"])
+            shutil.rmtree(fleet.retired_stores(store_dir), ignore_errors=True)
     report.write(results, args.output)
     say(f"wrote {args.output}")
     return 0

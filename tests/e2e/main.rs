@@ -16,6 +16,7 @@ mod gcs;
 mod metrics;
 mod pipeline;
 mod queues;
+mod recording;
 mod replay;
 mod s3;
 mod support;

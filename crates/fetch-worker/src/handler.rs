@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use attache_domain::{AttachmentRef, ErrorCode, FetchJob, JobMessage, Provider, RetryPolicy};
+use attache_domain::{
+    AttachmentId, AttachmentRef, ErrorCode, FetchJob, JobMessage, Provider, RetryPolicy,
+};
 use attache_queue::{DeadLetterReason, Disposition, Handler, Incoming};
 use attache_store::fetches::{FetchAttempt, FetchResult, FetchTarget, Recorded};
 use attache_store::{Store, StoreError};
@@ -19,6 +21,7 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::access;
+use crate::batch::Batcher;
 use crate::fetcher::{FetchError, FetchRequest, Fetchers, ObjectStream};
 use crate::metrics::{FETCH_BYTES, FETCH_SECONDS, FETCHES};
 use crate::storage::AttachmentStore;
@@ -26,6 +29,10 @@ use crate::storage::AttachmentStore;
 /// Everything a fetch job needs.
 pub struct FetchHandler {
     pub store: Store,
+    /// Loads attachments in batches; see [`crate::batch`].
+    pub loader: Batcher<AttachmentId, Option<FetchTarget>>,
+    /// Records outcomes in batches.
+    pub recorder: Batcher<FetchAttempt, Recorded>,
     pub fetchers: Fetchers,
     pub attachments: Arc<dyn AttachmentStore>,
     pub retry: RetryPolicy,
@@ -114,7 +121,7 @@ impl FetchHandler {
     }
 
     async fn process(&self, job: FetchJob) -> Result<(), StoreError> {
-        let Some(target) = self.store.fetch_target(job.attachment_id).await? else {
+        let Some(target) = self.loader.call(job.attachment_id).await? else {
             tracing::warn!("job names an unknown attachment; dropping it");
             return Ok(());
         };
@@ -133,8 +140,8 @@ impl FetchHandler {
 
         let result = self.classify(&target, provider, outcome);
         let recorded = self
-            .store
-            .record_fetch(&FetchAttempt {
+            .recorder
+            .call(FetchAttempt {
                 attachment_id: target.attachment_id,
                 attempt: job.attempt,
                 egress_member,

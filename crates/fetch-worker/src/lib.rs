@@ -10,9 +10,11 @@
 //!   record.
 //! - [`fetcher`]: one fetcher per URI scheme, chosen by provider.
 //! - [`access`]: which identity a team's fetch of a provider uses.
+//! - [`batch`]: the jobs' database reads and writes, in batches.
 //! - [`storage`]: the attachment store.
 
 pub mod access;
+pub mod batch;
 pub mod fetcher;
 pub mod handler;
 mod metrics;
@@ -209,6 +211,8 @@ impl FetchWorker {
             }
         });
         let handler = FetchHandler {
+            loader: batch::loader(store.clone()),
+            recorder: batch::recorder(store.clone()),
             store,
             fetchers: Fetchers::new(egress, aws, gcp, azure),
             attachments: attachment_store.clone(),

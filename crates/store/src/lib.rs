@@ -57,6 +57,22 @@ pub enum StoreError {
     Startup(String),
     #[error("unexpected value in column `{column}`: {value}")]
     Corrupt { column: &'static str, value: String },
+    /// The batch this call was part of failed; every call in it gets the
+    /// same error.
+    #[error("{0}")]
+    Batch(std::sync::Arc<StoreError>),
+}
+
+impl StoreError {
+    /// Whether PostgreSQL rejected a statement (a constraint, a deadlock),
+    /// as opposed to the connection or the pool failing.
+    pub fn is_statement_error(&self) -> bool {
+        match self {
+            StoreError::Postgres(error) => error.as_db_error().is_some(),
+            StoreError::Batch(error) => error.is_statement_error(),
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -180,18 +180,20 @@ pub(crate) async fn attachment_views(
         &[&task_id.0],
     )
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(AttachmentView {
-                attachment_id: AttachmentId(row.get("id")),
-                uri: row.get("uri"),
-                status: parse_column("attachments.status", row.get("status"))?,
-                size_bytes: row.get("size_bytes"),
-                sha256: row.get("sha256"),
-                content_type: row.get("content_type"),
-                error_code: row.get("error_code"),
-                error_message: row.get("error_message"),
-            })
-        })
-        .collect()
+    rows.iter().map(attachment_view).collect()
+}
+
+/// Builds an [`AttachmentView`] from a row with the columns of
+/// [`attachment_views`].
+pub(crate) fn attachment_view(row: &tokio_postgres::Row) -> Result<AttachmentView> {
+    Ok(AttachmentView {
+        attachment_id: AttachmentId(row.get("id")),
+        uri: row.get("uri"),
+        status: parse_column("attachments.status", row.get("status"))?,
+        size_bytes: row.get("size_bytes"),
+        sha256: row.get("sha256"),
+        content_type: row.get("content_type"),
+        error_code: row.get("error_code"),
+        error_message: row.get("error_message"),
+    })
 }

@@ -103,28 +103,66 @@ async fn admin_client(url: &str) -> tokio_postgres::Client {
     client
 }
 
-impl Deployment {
-    /// Starts a deployment and waits until its consumers are attached.
-    pub async fn start(options: Options) -> Self {
-        super::logs::install();
-        let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let database_name = format!("attache_test_{suffix}");
+/// An empty database of one test, named `attache_test_{suffix}`.
+pub struct TestDatabase {
+    pub name: String,
+    admin_url: String,
+    pub args: DatabaseArgs,
+}
+
+impl TestDatabase {
+    pub async fn create(suffix: &str) -> Self {
+        let name = format!("attache_test_{suffix}");
         let admin_url = admin_database_url();
         admin_client(&admin_url)
             .await
-            .batch_execute(&format!("CREATE DATABASE {database_name}"))
+            .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("the test user may create databases");
         let mut database_url: url::Url = admin_url
             .parse()
             .expect("ATTACHE_TEST_DATABASE_URL is a URL");
-        database_url.set_path(&database_name);
-
-        let database = DatabaseArgs {
+        database_url.set_path(&name);
+        let args = DatabaseArgs {
             database_url: database_url.to_string(),
             database_pool_size: 8,
             database_wait_timeout: Duration::from_secs(10),
         };
+        Self {
+            name,
+            admin_url,
+            args,
+        }
+    }
+
+    /// A direct connection to this database, for assertions.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        admin_client(&self.args.database_url).await
+    }
+
+    pub async fn drop(self) {
+        drop_database(&self.admin_url, &self.name).await;
+    }
+}
+
+async fn drop_database(admin_url: &str, name: &str) {
+    admin_client(admin_url)
+        .await
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .expect("the test database can be dropped");
+}
+
+impl Deployment {
+    /// Starts a deployment and waits until its consumers are attached.
+    pub async fn start(options: Options) -> Self {
+        super::logs::install();
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let TestDatabase {
+            name: database_name,
+            admin_url,
+            args: database,
+        } = TestDatabase::create(&suffix).await;
         let broker = BrokerArgs {
             amqp_url: amqp_url(),
             queue_prefix: format!("attache_test_{suffix}"),
@@ -367,14 +405,7 @@ impl Deployment {
         }
         self.store.close();
         remove_queues(&self.amqp_url, &self.topology).await;
-        admin_client(&self.admin_url)
-            .await
-            .batch_execute(&format!(
-                "DROP DATABASE {} WITH (FORCE)",
-                self.database_name
-            ))
-            .await
-            .expect("the test database can be dropped");
+        drop_database(&self.admin_url, &self.database_name).await;
     }
 }
 

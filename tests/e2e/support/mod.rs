@@ -10,7 +10,7 @@ pub mod logs;
 mod receiver;
 mod source;
 
-pub use env::{Deployment, Options};
+pub use env::{Deployment, Options, TestDatabase};
 pub use receiver::{ReceivedCallback, Receiver};
 pub use source::{Source, SourceFile};
 

@@ -1,0 +1,314 @@
+//! Recording fetch outcomes in batches, against the real database: which
+//! attempts of a batch count, and that every task completes exactly once
+//! with one callback whichever batches its attachments land in.
+
+use std::time::Duration;
+
+use attache_domain::{AttachmentId, ErrorCode, Provider, TaskId, TaskStatus};
+use attache_producer::keys::TeamCredentials;
+use attache_store::Store;
+use attache_store::fetches::{FetchAttempt, FetchResult, Recorded};
+use attache_store::tasks::{Inserted, NewAttachment, NewTask};
+use serde_json::{Value, json};
+
+use crate::support::TestDatabase;
+
+/// A migrated database with one team, and nothing consuming its outbox.
+struct Fixture {
+    database: TestDatabase,
+    store: Store,
+    team: TeamCredentials,
+}
+
+impl Fixture {
+    async fn start() -> Self {
+        let database = TestDatabase::create(&uuid::Uuid::new_v4().simple().to_string()).await;
+        let store = Store::open(&database.args)
+            .await
+            .expect("the test database migrates");
+        let team = TeamCredentials::generate();
+        store
+            .create_team(team.new_team("recording"))
+            .await
+            .expect("a team row");
+        Self {
+            database,
+            store,
+            team,
+        }
+    }
+
+    /// Inserts a pending task with `count` attachments and returns their ids.
+    async fn task(&self, count: usize) -> (TaskId, Vec<AttachmentId>) {
+        let id = TaskId::new();
+        let attachments: Vec<NewAttachment> = (0..count)
+            .map(|position| NewAttachment {
+                id: AttachmentId::new(),
+                uri: format!("https://files.example.com/{position}.pdf"),
+                provider: Provider::Http,
+            })
+            .collect();
+        let ids = attachments.iter().map(|a| a.id).collect();
+        let inserted = self
+            .store
+            .insert_task(&NewTask {
+                id,
+                team_id: self.team.team_id,
+                callback_url: "https://hooks.example.com/attache".to_owned(),
+                metadata: json!({"case": "recording"}),
+                idempotency_key: None,
+                request_hash: vec![0; 32],
+                attachments,
+            })
+            .await
+            .expect("the task is inserted");
+        assert!(matches!(inserted, Inserted::Created));
+        (id, ids)
+    }
+
+    async fn stop(self) {
+        self.store.close();
+        self.database.drop().await;
+    }
+}
+
+fn stored(attachment_id: AttachmentId, attempt: u32, size: u64) -> FetchAttempt {
+    FetchAttempt {
+        attachment_id,
+        attempt,
+        egress_member: Some("local:127.0.0.11".to_owned()),
+        result: FetchResult::Stored {
+            size_bytes: size,
+            sha256: format!("{size:064x}"),
+            content_type: Some("application/pdf".to_owned()),
+            storage_key: format!("key/{attachment_id}"),
+        },
+    }
+}
+
+fn failed(attachment_id: AttachmentId, attempt: u32) -> FetchAttempt {
+    FetchAttempt {
+        attachment_id,
+        attempt,
+        egress_member: None,
+        result: FetchResult::Failed {
+            code: ErrorCode::NotFound,
+            message: "the source answered 404".to_owned(),
+        },
+    }
+}
+
+fn retry(attachment_id: AttachmentId, attempt: u32, delay: Duration) -> FetchAttempt {
+    FetchAttempt {
+        attachment_id,
+        attempt,
+        egress_member: None,
+        result: FetchResult::Retry {
+            code: ErrorCode::ServerError,
+            message: "the source answered 503".to_owned(),
+            delay,
+        },
+    }
+}
+
+/// The task's status and its callbacks' bodies.
+async fn task_state(client: &tokio_postgres::Client, task_id: TaskId) -> (String, Vec<Value>) {
+    let status: String = client
+        .query_one("SELECT status FROM tasks WHERE id = $1", &[&task_id.0])
+        .await
+        .unwrap()
+        .get(0);
+    let payloads = client
+        .query(
+            "SELECT payload FROM callbacks WHERE task_id = $1",
+            &[&task_id.0],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| serde_json::from_str(row.get(0)).unwrap())
+        .collect();
+    (status, payloads)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_completes_task_once() {
+    let fixture = Fixture::start().await;
+    let (task_id, ids) = fixture.task(3).await;
+
+    let recorded = fixture
+        .store
+        .record_fetches(&[
+            stored(ids[0], 0, 10),
+            failed(ids[1], 0),
+            stored(ids[2], 0, 30),
+            // The same attempt again, as a duplicate delivery would bring it.
+            failed(ids[0], 0),
+            // An attempt number the row has not reached.
+            stored(ids[1], 5, 99),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded,
+        vec![
+            Recorded::Attachment,
+            Recorded::Attachment,
+            Recorded::TaskCompleted(TaskStatus::PartiallyFailed),
+            Recorded::Stale,
+            Recorded::Stale,
+        ]
+    );
+
+    let client = fixture.database.client().await;
+    let (status, callbacks) = task_state(&client, task_id).await;
+    assert_eq!(status, "partially_failed");
+    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
+    let attachments = &callbacks[0]["data"]["attachments"];
+    assert_eq!(callbacks[0]["data"]["task_id"], task_id.to_string());
+    assert_eq!(
+        callbacks[0]["data"]["metadata"],
+        json!({"case": "recording"})
+    );
+    let summary: Vec<(String, Value, Value)> = attachments
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["status"].as_str().unwrap().to_owned(),
+                a["size_bytes"].clone(),
+                a["error_code"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("succeeded".to_owned(), json!(10), Value::Null),
+            ("failed".to_owned(), Value::Null, json!("not_found")),
+            ("succeeded".to_owned(), json!(30), Value::Null),
+        ],
+        "the callback lists the first of the repeated attempts, in submission order"
+    );
+    let callback_jobs: i64 = client
+        .query_one("SELECT count(*) FROM outbox WHERE kind = 'callback'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(callback_jobs, 1);
+
+    // Recording the same batch again changes nothing.
+    let again = fixture
+        .store
+        .record_fetches(&[stored(ids[0], 0, 10), failed(ids[1], 0)])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Recorded::Stale, Recorded::Stale]);
+    assert_eq!(task_state(&client, task_id).await.1.len(), 1);
+    fixture.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_keeps_task_pending() {
+    let fixture = Fixture::start().await;
+    let (waiting, waiting_ids) = fixture.task(2).await;
+    let (done, done_ids) = fixture.task(1).await;
+    let client = fixture.database.client().await;
+
+    let recorded = fixture
+        .store
+        .record_fetches(&[
+            retry(waiting_ids[0], 0, Duration::from_secs(600)),
+            stored(waiting_ids[1], 0, 1),
+            stored(done_ids[0], 0, 2),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded,
+        vec![
+            Recorded::Attachment,
+            Recorded::Attachment,
+            Recorded::TaskCompleted(TaskStatus::Succeeded),
+        ]
+    );
+    assert_eq!(
+        task_state(&client, waiting).await,
+        ("pending".into(), vec![])
+    );
+    assert_eq!(task_state(&client, done).await.0, "succeeded");
+    let retry_job = client
+        .query_one(
+            "SELECT payload, available_at > now() + interval '9 minutes' AS later
+                 FROM outbox WHERE kind = 'fetch' AND payload->>'attempt' = '1'",
+            &[],
+        )
+        .await
+        .expect("one retry job is queued");
+    let payload: Value = retry_job.get("payload");
+    assert_eq!(payload["attachment_id"], waiting_ids[0].to_string());
+    assert!(
+        retry_job.get::<_, bool>("later"),
+        "the retry waits its delay"
+    );
+
+    // The old attempt number is stale now; the next one completes the task.
+    let recorded = fixture
+        .store
+        .record_fetches(&[stored(waiting_ids[0], 0, 5), stored(waiting_ids[0], 1, 5)])
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded,
+        vec![
+            Recorded::Stale,
+            Recorded::TaskCompleted(TaskStatus::Succeeded)
+        ]
+    );
+    let (status, callbacks) = task_state(&client, waiting).await;
+    assert_eq!(status, "succeeded");
+    assert_eq!(callbacks.len(), 1);
+    fixture.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_batches_complete_each_task_once() {
+    let fixture = Fixture::start().await;
+    let client = fixture.database.client().await;
+    // A race shows only some of the time, so several rounds run.
+    for _ in 0..5 {
+        let mut tasks = Vec::new();
+        for _ in 0..40 {
+            tasks.push(fixture.task(4).await);
+        }
+        // Two replicas' batches, each holding half of every task's
+        // attachments, in opposite task orders, run at the same time.
+        let first: Vec<FetchAttempt> = tasks
+            .iter()
+            .flat_map(|(_, ids)| [stored(ids[0], 0, 1), stored(ids[2], 0, 1)])
+            .collect();
+        let second: Vec<FetchAttempt> = tasks
+            .iter()
+            .rev()
+            .flat_map(|(_, ids)| [failed(ids[3], 0), stored(ids[1], 0, 1)])
+            .collect();
+        let (a, b) = tokio::join!(
+            fixture.store.record_fetches(&first),
+            fixture.store.record_fetches(&second)
+        );
+        let completions = a
+            .unwrap()
+            .into_iter()
+            .chain(b.unwrap())
+            .filter(|recorded| matches!(recorded, Recorded::TaskCompleted(_)))
+            .count();
+        assert_eq!(completions, tasks.len(), "each task completes once");
+        for (task_id, _) in &tasks {
+            let (status, callbacks) = task_state(&client, *task_id).await;
+            assert_eq!(status, "partially_failed");
+            assert_eq!(callbacks.len(), 1, "one callback for task {task_id}");
+        }
+    }
+    fixture.stop().await;
+}
