@@ -2,8 +2,8 @@
 //!
 //! An upload is written chunk by chunk and becomes visible only when
 //! committed; an upload dropped without a commit leaves nothing behind. The
-//! local directory store is the default; an S3-compatible bucket of our own
-//! implements the same two traits.
+//! local directory store is the only implementation; another backend, such
+//! as a bucket of our own, would implement the same two traits.
 
 mod local;
 
