@@ -1,8 +1,8 @@
 //! The outbox relay: moves due outbox rows to RabbitMQ.
 //!
-//! Each round claims up to a batch of due rows with `SKIP LOCKED` in one
-//! transaction, publishes them, waits for every confirm, deletes them and
-//! commits. A full batch starts the next round at once. Otherwise the relay
+//! Each round deletes up to a batch of due rows with `SKIP LOCKED` in one
+//! transaction, publishes them, waits for every confirm and commits, so a
+//! failed publish rolls the deletion back. A full batch starts the next round at once. Otherwise the relay
 //! sleeps until it is woken or the poll interval passes, whichever comes
 //! first. The API wakes it in-process after accepting a task, and the
 //! outbox trigger wakes it (LISTEN/NOTIFY) when a fetch-worker queues a
@@ -123,43 +123,37 @@ async fn relay_rounds(
     }
 }
 
-/// Claims, publishes and deletes one batch of due rows. Returns the number
+/// Takes, publishes and deletes one batch of due rows. Returns the number
 /// of rows published.
 async fn relay_round(
     store: &Store,
     publisher: &Publisher,
     limit: i64,
 ) -> Result<usize, RoundError> {
+    let kinds: Vec<&str> = QueueKind::ALL.iter().map(|kind| kind.as_str()).collect();
     let mut connection = store.connection().await?;
     let tx = connection.transaction().await.map_err(StoreError::from)?;
-    let rows = outbox::claim(&tx, limit).await?;
+    let rows = outbox::take(&tx, &kinds, limit).await?;
     if rows.is_empty() {
         return Ok(0);
     }
 
-    let mut messages = Vec::with_capacity(rows.len());
-    let mut ids = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let Some(kind) = QueueKind::parse(&row.kind) else {
-            tracing::error!(
-                outbox_id = row.id,
-                kind = row.kind,
-                "outbox row has an unknown kind, leaving it in place"
-            );
-            continue;
-        };
-        messages.push((kind, row.payload.to_string().into_bytes()));
-        ids.push(row.id);
-    }
+    let messages: Vec<(QueueKind, Vec<u8>)> = rows
+        .iter()
+        .map(|row| {
+            let kind =
+                QueueKind::parse(&row.kind).expect("take returns only the kinds it was given");
+            (kind, row.payload.to_string().into_bytes())
+        })
+        .collect();
     publisher.publish_batch(&messages).await?;
-    outbox::delete(&tx, &ids).await?;
     tx.commit().await.map_err(StoreError::from)?;
 
     for (kind, _) in &messages {
         JOBS_PUBLISHED.with_label_values(&[kind.as_str()]).inc();
     }
-    tracing::debug!(published = ids.len(), "published outbox batch");
-    Ok(ids.len())
+    tracing::debug!(published = rows.len(), "published outbox batch");
+    Ok(rows.len())
 }
 
 /// Updates the backlog gauges. A failure is logged and leaves them stale.

@@ -1,8 +1,8 @@
 //! Jobs waiting to be published to RabbitMQ.
 //!
-//! The relay claims due rows with `FOR UPDATE SKIP LOCKED` inside a
-//! transaction, publishes them, waits for the broker's confirms, deletes the
-//! rows and commits. Replicas skip each other's claimed rows, so under normal
+//! The relay deletes due rows, skipping rows locked with `FOR UPDATE SKIP
+//! LOCKED`, inside a transaction, publishes them, waits for the broker's
+//! confirms and commits. Replicas skip each other's claimed rows, so under normal
 //! operation no row is published twice. A relay that dies between publishing
 //! and committing leaves its rows to be published again. The duplicate jobs
 //! change nothing, because workers skip or discard a job whose attempt
@@ -29,33 +29,33 @@ pub struct OutboxRow {
     pub payload: serde_json::Value,
 }
 
-/// Claims up to `limit` due rows, oldest first, skipping rows that another
-/// relay has locked. The row locks last until `tx` ends.
-pub async fn claim(tx: &Transaction<'_>, limit: i64) -> Result<Vec<OutboxRow>> {
+/// Takes up to `limit` due rows of the given kinds, oldest first, skipping
+/// rows that another relay holds: they are deleted within `tx` and returned
+/// in id order. Committing `tx` after publishing makes the deletion final;
+/// ending it any other way puts the rows back.
+pub async fn take(tx: &Transaction<'_>, kinds: &[&str], limit: i64) -> Result<Vec<OutboxRow>> {
     let rows = crate::cached::query(
         tx,
-        "SELECT id, kind, payload FROM outbox
-             WHERE available_at <= now()
+        "DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox
+             WHERE available_at <= now() AND kind = ANY($1)
              ORDER BY available_at, id
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED",
-        &[&limit],
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED)
+         RETURNING id, kind, payload",
+        &[&kinds, &limit],
     )
     .await?;
-    Ok(rows
+    let mut rows: Vec<OutboxRow> = rows
         .iter()
         .map(|row| OutboxRow {
             id: row.get("id"),
             kind: row.get("kind"),
             payload: row.get("payload"),
         })
-        .collect())
-}
-
-/// Deletes the published rows `ids`.
-pub async fn delete(tx: &Transaction<'_>, ids: &[i64]) -> Result<()> {
-    crate::cached::execute(tx, "DELETE FROM outbox WHERE id = ANY($1)", &[&ids]).await?;
-    Ok(())
+        .collect();
+    rows.sort_by_key(|row| row.id);
+    Ok(rows)
 }
 
 /// Returns the number of rows due now and the age in seconds of the oldest.

@@ -73,37 +73,7 @@ impl Store {
     /// Inserts a task, its attachments and their fetch jobs in one
     /// transaction, unless the team already used the idempotency key.
     pub async fn insert_task(&self, task: &NewTask) -> Result<Inserted> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-
-        let inserted = crate::cached::execute(
-            &tx,
-            "INSERT INTO tasks (id, team_id, callback_url, metadata, idempotency_key, request_hash)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (team_id, idempotency_key) DO NOTHING",
-            &[
-                &task.id.0,
-                &task.team_id.0,
-                &task.callback_url,
-                &task.metadata,
-                &task.idempotency_key,
-                &task.request_hash,
-            ],
-        )
-        .await?;
-        if inserted == 0 {
-            let row = crate::cached::query_one(
-                &tx,
-                "SELECT id, request_hash FROM tasks WHERE team_id = $1 AND idempotency_key = $2",
-                &[&task.team_id.0, &task.idempotency_key],
-            )
-            .await?;
-            return Ok(Inserted::Existing {
-                task_id: TaskId(row.get("id")),
-                request_hash: row.get("request_hash"),
-            });
-        }
-
+        let client = self.pool.get().await?;
         let ids: Vec<Uuid> = task.attachments.iter().map(|a| a.id.0).collect();
         let positions: Vec<i32> = (0..task.attachments.len() as i32).collect();
         let uris: Vec<&str> = task.attachments.iter().map(|a| a.uri.as_str()).collect();
@@ -112,14 +82,6 @@ impl Store {
             .iter()
             .map(|a| a.provider.as_str())
             .collect();
-        crate::cached::execute(&tx,
-            "INSERT INTO attachments (id, task_id, position, uri, provider)
-             SELECT id, $1, position, uri, provider
-             FROM UNNEST($2::uuid[], $3::int[], $4::text[], $5::text[]) AS a (id, position, uri, provider)",
-            &[&task.id.0, &ids, &positions, &uris, &providers],
-        )
-        .await?;
-
         let jobs: Vec<serde_json::Value> = task
             .attachments
             .iter()
@@ -131,14 +93,56 @@ impl Store {
                 .to_json()
             })
             .collect();
-        crate::cached::execute(&tx,
-            "INSERT INTO outbox (kind, payload) SELECT 'fetch', job FROM UNNEST($1::jsonb[]) AS j (job)",
-            &[&jobs],
+
+        // One statement is one transaction and one round trip. The
+        // attachments and jobs are written only when the task row is.
+        let inserted: i64 = crate::cached::query_one(
+            &client,
+            "WITH task AS (
+                 INSERT INTO tasks (id, team_id, callback_url, metadata, idempotency_key,
+                                    request_hash)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (team_id, idempotency_key) DO NOTHING
+                 RETURNING id
+             ), attachments AS (
+                 INSERT INTO attachments (id, task_id, position, uri, provider)
+                 SELECT a.id, task.id, a.position, a.uri, a.provider
+                 FROM task, UNNEST($7::uuid[], $8::int[], $9::text[], $10::text[])
+                     AS a (id, position, uri, provider)
+             ), jobs AS (
+                 INSERT INTO outbox (kind, payload)
+                 SELECT 'fetch', j.job FROM task, UNNEST($11::jsonb[]) AS j (job)
+             )
+             SELECT count(*) FROM task",
+            &[
+                &task.id.0,
+                &task.team_id.0,
+                &task.callback_url,
+                &task.metadata,
+                &task.idempotency_key,
+                &task.request_hash,
+                &ids,
+                &positions,
+                &uris,
+                &providers,
+                &jobs,
+            ],
+        )
+        .await?
+        .get(0);
+        if inserted == 1 {
+            return Ok(Inserted::Created);
+        }
+        let row = crate::cached::query_one(
+            &client,
+            "SELECT id, request_hash FROM tasks WHERE team_id = $1 AND idempotency_key = $2",
+            &[&task.team_id.0, &task.idempotency_key],
         )
         .await?;
-
-        tx.commit().await?;
-        Ok(Inserted::Created)
+        Ok(Inserted::Existing {
+            task_id: TaskId(row.get("id")),
+            request_hash: row.get("request_hash"),
+        })
     }
 
     /// Reads a task of `team_id` with its attachments. Returns `None` when the
