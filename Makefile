@@ -25,9 +25,10 @@ build: ## Build the three binaries
 	$(CARGO) build --bins
 
 .PHONY: test
-test: python-env deploy-check ## Run every test, then chaos-small (needs PostgreSQL and RabbitMQ: make services)
+test: python-env deploy-check ## Run every test, then chaos-small and bench-smoke (needs PostgreSQL and RabbitMQ: make services)
 	$(CARGO) test --workspace
 	$(MAKE) --no-print-directory chaos-small
+	$(MAKE) --no-print-directory bench-smoke
 
 .PHONY: chaos
 chaos: build python-env ## Crash workers and restart the services under 1,000 tasks; check nothing is lost
@@ -43,9 +44,8 @@ bench: python-env ## Measure throughput, latency, memory, scaling and credential
 	.venv/bin/python scripts/bench.py
 
 .PHONY: bench-smoke
-bench-smoke: python-env ## A bench run of tiny sizes, about a minute, that proves the harness works
-	$(CARGO) build --release --bins
-	.venv/bin/python scripts/bench.py --smoke
+bench-smoke: build python-env ## A bench run of tiny sizes on the debug build, about a minute, that proves the harness works
+	.venv/bin/python scripts/bench.py --smoke --target-dir target/debug
 
 .PHONY: deploy-check
 deploy-check: ## Validate deploy/ offline (manifests, alerts, dashboard, Compose); installs promtool for the tests

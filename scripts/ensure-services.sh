@@ -39,6 +39,8 @@ find_missing_packages() {
     command -v pg_ctlcluster >/dev/null || missing_packages+=(postgresql)
     command -v rabbitmq-server >/dev/null || missing_packages+=(rabbitmq-server)
     command -v curl >/dev/null || missing_packages+=(curl)
+    # The benchmark's load generator, which `make test` runs in its smoke run.
+    command -v wrk >/dev/null || missing_packages+=(wrk)
     if ! command -v cc >/dev/null || ! command -v make >/dev/null; then
         missing_packages+=(build-essential)
     fi
@@ -108,6 +110,7 @@ install_state() {
 report_tools() {
     echo "python3: $(install_state python3 python3-venv) ($(python3 --version 2>&1), venv)"
     echo "build tools: $(install_state build-essential curl) ($(cc --version | head -n 1), make, curl)"
+    echo "wrk: $(install_state wrk) ($(wrk --version 2>&1 | head -n 1))"
 }
 
 ensure_rust() {
