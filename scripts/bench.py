@@ -34,6 +34,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,8 +142,19 @@ def prepare(run_dir: Path, phases: tuple[str, ...]) -> None:
         )
     for line in stop_leftovers(run_dir) + stop_leftover_servers(run_dir / "cloud"):
         say(line)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    # Deleting many files now would slow the file creation that the runs
+    # measure (see fleet.clear_data), so the last run's directory is moved
+    # aside and deleted at the end.
+    if run_dir.exists():
+        run_dir.rename(trash_dir(run_dir) / f"{time.time_ns()}")
     (run_dir / "cloud").mkdir(parents=True)
+
+
+def trash_dir(run_dir: Path) -> Path:
+    """Return the directory that holds run directories and stores to delete at the end."""
+    trash = run_dir.parent / f"{run_dir.name}-trash"
+    trash.mkdir(parents=True, exist_ok=True)
+    return trash
 
 
 def recreate(database: infra.Database, services: Services) -> None:
@@ -330,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         for service in all_services:
             store_dir = Path(service.env["ATTACHE_STORE_DIR"])
             shutil.rmtree(fleet.retired_stores(store_dir), ignore_errors=True)
+        shutil.rmtree(trash_dir(args.run_dir), ignore_errors=True)
     report.write(results, args.output)
     say(f"wrote {args.output}")
     return 0

@@ -1,12 +1,14 @@
-//! Recording fetch outcomes in batches, against the real database: which
-//! attempts of a batch count, and that every task completes exactly once
-//! with one callback whichever batches its attachments land in.
+//! Recording fetch outcomes and callback attempts in batches, against the
+//! real database: which attempts of a batch count, and that every task
+//! completes exactly once with one callback whichever batches its
+//! attachments land in.
 
 use std::time::Duration;
 
-use attache_domain::{AttachmentId, ErrorCode, Provider, TaskId, TaskStatus};
+use attache_domain::{AttachmentId, CallbackId, ErrorCode, Provider, TaskId, TaskStatus};
 use attache_producer::keys::TeamCredentials;
 use attache_store::Store;
+use attache_store::callbacks::{Claim, DeliveryAttempt, DeliveryResult};
 use attache_store::fetches::{FetchAttempt, FetchResult, Recorded};
 use attache_store::tasks::{Inserted, NewAttachment, NewTask};
 use serde_json::{Value, json};
@@ -310,5 +312,136 @@ async fn concurrent_batches_complete_each_task_once() {
             assert_eq!(callbacks.len(), 1, "one callback for task {task_id}");
         }
     }
+    fixture.stop().await;
+}
+
+/// Completes a one-attachment task and returns its callback's id.
+async fn completed_task_callback(fixture: &Fixture) -> CallbackId {
+    let (task_id, ids) = fixture.task(1).await;
+    let recorded = fixture.store.record_fetch(&stored(ids[0], 0, 1)).await;
+    assert_eq!(
+        recorded.unwrap(),
+        Recorded::TaskCompleted(TaskStatus::Succeeded)
+    );
+    let client = fixture.database.client().await;
+    let row = client
+        .query_one("SELECT id FROM callbacks WHERE task_id = $1", &[&task_id.0])
+        .await
+        .unwrap();
+    CallbackId(row.get(0))
+}
+
+fn delivery(callback_id: CallbackId, attempt: u32, result: DeliveryResult) -> DeliveryAttempt {
+    DeliveryAttempt {
+        callback_id,
+        attempt,
+        status_code: Some(200),
+        duration: Duration::from_millis(12),
+        egress_member: Some("local:127.0.0.11".to_owned()),
+        result,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_claims_hold_repeated_attempts() {
+    let fixture = Fixture::start().await;
+    let first = completed_task_callback(&fixture).await;
+    let second = completed_task_callback(&fixture).await;
+    let lease = Duration::from_secs(60);
+
+    let claims = fixture
+        .store
+        .claim_deliveries(&[(first, 0), (first, 0), (second, 3), (second, 0)], lease)
+        .await
+        .unwrap();
+    assert_eq!(claims[0], Claim::Claimed);
+    assert!(
+        matches!(claims[1], Claim::Held { .. }),
+        "a repeat in the batch waits for the first: {:?}",
+        claims[1]
+    );
+    assert_eq!(
+        claims[2],
+        Claim::Stale,
+        "an attempt the row has not reached"
+    );
+    assert_eq!(claims[3], Claim::Claimed);
+
+    // Claimed by an earlier batch, the lease holds the attempt.
+    let again = fixture
+        .store
+        .claim_deliveries(&[(first, 0)], lease)
+        .await
+        .unwrap();
+    let Claim::Held { until } = again[0] else {
+        panic!("the lease holds the attempt: {:?}", again[0]);
+    };
+    assert!(until > chrono::Utc::now() + chrono::Duration::seconds(50));
+    fixture.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_deliveries_record_each_attempt_once() {
+    let fixture = Fixture::start().await;
+    let delivered = completed_task_callback(&fixture).await;
+    let retried = completed_task_callback(&fixture).await;
+    let client = fixture.database.client().await;
+
+    let recorded = fixture
+        .store
+        .record_deliveries(&[
+            delivery(delivered, 0, DeliveryResult::Delivered),
+            delivery(
+                retried,
+                0,
+                DeliveryResult::Retry {
+                    error: "HTTP 503".to_owned(),
+                    delay: Duration::from_secs(600),
+                },
+            ),
+            delivery(delivered, 0, DeliveryResult::Delivered),
+            delivery(retried, 4, DeliveryResult::Delivered),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(recorded, vec![true, true, false, false]);
+
+    let state = |id: CallbackId| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "SELECT status, attempts, last_error,
+                            (SELECT count(*) FROM callback_attempts a WHERE a.callback_id = c.id)
+                                AS history
+                         FROM callbacks c WHERE id = $1",
+                    &[&id.0],
+                )
+                .await
+                .unwrap();
+            (
+                row.get::<_, String>("status"),
+                row.get::<_, i32>("attempts"),
+                row.get::<_, Option<String>>("last_error"),
+                row.get::<_, i64>("history"),
+            )
+        }
+    };
+    assert_eq!(state(delivered).await, ("delivered".into(), 1, None, 1));
+    assert_eq!(
+        state(retried).await,
+        ("pending".into(), 1, Some("HTTP 503".into()), 1)
+    );
+    let retry_jobs: i64 = client
+        .query_one(
+            "SELECT count(*) FROM outbox
+                 WHERE kind = 'callback' AND payload->>'attempt' = '1'
+                   AND payload->>'callback_id' = $1 AND available_at > now() + interval '9 minutes'",
+            &[&retried.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(retry_jobs, 1, "the retry is queued after its delay");
     fixture.stop().await;
 }

@@ -24,14 +24,13 @@ const POSTPONE_DELAY: Duration = Duration::from_secs(1);
 /// Everything a callback job needs.
 pub struct CallbackHandler {
     pub store: Store,
+    /// The jobs' store calls, in batches.
+    pub calls: crate::batch::Calls,
     pub egress: Egress,
     pub retry: RetryPolicy,
     pub limiter: HostLimiter,
     /// Deliveries of one message after which the worker gives it up.
     pub give_up_after: u32,
-    /// How long a claimed attempt is reserved for this worker: longer than
-    /// the request timeout.
-    pub lease: Duration,
 }
 
 /// The result of one POST.
@@ -114,7 +113,7 @@ impl CallbackHandler {
     }
 
     async fn process(&self, job: CallbackJob) -> Result<(), StoreError> {
-        let Some(delivery) = self.store.delivery(job.callback_id).await? else {
+        let Some(delivery) = self.calls.load.call(job.callback_id).await? else {
             tracing::warn!("job names an unknown callback; dropping it");
             return Ok(());
         };
@@ -138,8 +137,9 @@ impl CallbackHandler {
         };
 
         match self
-            .store
-            .claim_delivery(job.callback_id, job.attempt, self.lease)
+            .calls
+            .claim
+            .call((job.callback_id, job.attempt))
             .await?
         {
             Claim::Claimed => {}
@@ -181,8 +181,9 @@ impl CallbackHandler {
             "callback attempt finished"
         );
 
-        self.store
-            .record_delivery(&DeliveryAttempt {
+        self.calls
+            .record
+            .call(DeliveryAttempt {
                 callback_id: delivery.callback_id,
                 attempt: job.attempt,
                 status_code: sent.status_code,

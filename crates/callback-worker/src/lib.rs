@@ -8,8 +8,10 @@
 //! replay.
 //!
 //! - [`handler`]: the stages of one job.
+//! - [`batch`]: the jobs' store calls, in batches.
 //! - [`signing`]: the Standard Webhooks signature.
 
+pub mod batch;
 pub mod handler;
 mod limiter;
 mod metrics;
@@ -173,7 +175,10 @@ impl CallbackWorker {
                     .to_owned(),
             },
         )?;
+        // A claimed attempt is reserved for longer than its request may take.
+        let lease = config.callback_timeout + Duration::from_secs(10);
         let handler = CallbackHandler {
+            calls: batch::Calls::spawn(&store, lease),
             store,
             egress,
             retry: config.retry_policy(),
@@ -181,7 +186,6 @@ impl CallbackWorker {
             // RabbitMQ allows `limit` + 1 deliveries; the worker gives up on
             // the last one itself, so the row gets a final state.
             give_up_after: config.broker.queue_delivery_limit,
-            lease: config.callback_timeout + Duration::from_secs(10),
         };
         let settings = ConsumerSettings {
             amqp_url: config.broker.amqp_url.clone(),

@@ -21,10 +21,10 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::access;
-use crate::batch::Batcher;
 use crate::fetcher::{FetchError, FetchRequest, Fetchers, ObjectStream};
 use crate::metrics::{FETCH_BYTES, FETCH_SECONDS, FETCHES};
 use crate::storage::AttachmentStore;
+use attache_store::batch::Batcher;
 
 /// Everything a fetch job needs.
 pub struct FetchHandler {

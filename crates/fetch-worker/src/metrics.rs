@@ -39,14 +39,3 @@ pub static FETCH_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric names are unique and valid")
 });
-
-/// Jobs served per database batch, by operation (`load`, `record`).
-pub static DATABASE_BATCH: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register_histogram_vec!(
-        "attache_fetch_database_batch_size",
-        "Fetch jobs served per database batch, by operation: load or record.",
-        &["operation"],
-        exponential_buckets(1.0, 2.0, 10).expect("bucket parameters are valid")
-    )
-    .expect("metric names are unique and valid")
-});

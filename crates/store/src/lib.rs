@@ -15,7 +15,9 @@
 //!   wakes the relay.
 //! - [`integrations`]: teams' cloud storage settings, such as AWS delegation.
 //! - [`replay`]: queueing failed attachments and dead callbacks again.
+//! - [`batch`]: running the calls of many concurrent jobs in batches.
 
+pub mod batch;
 mod cached;
 pub mod callbacks;
 pub mod fetches;

@@ -1,0 +1,69 @@
+//! The callback jobs' store calls, batched (see [`attache_store::batch`]).
+//!
+//! Every callback job loads its callback, claims the attempt and records
+//! it: three calls, two of them commits.
+
+use std::time::Duration;
+
+use attache_domain::CallbackId;
+use attache_store::batch::{Batcher, per_input, shared_error};
+use attache_store::callbacks::{Claim, Delivery, DeliveryAttempt};
+use attache_store::{Store, StoreError};
+
+/// The batched calls of one callback-worker.
+#[derive(Clone)]
+pub struct Calls {
+    /// Loads callbacks, as [`Store::delivery`] does.
+    pub load: Batcher<CallbackId, Option<Delivery>>,
+    /// Claims attempts for a lease, as [`Store::claim_delivery`] does.
+    pub claim: Batcher<(CallbackId, u32), Claim>,
+    /// Records attempts, as [`Store::record_delivery`] does.
+    pub record: Batcher<DeliveryAttempt, bool>,
+}
+
+impl Calls {
+    /// Starts the batchers; claims take `lease`.
+    pub fn spawn(store: &Store, lease: Duration) -> Self {
+        let loads = store.clone();
+        let claims = store.clone();
+        let records = store.clone();
+        Self {
+            load: Batcher::spawn("callback_load", move |ids: Vec<CallbackId>| {
+                let store = loads.clone();
+                async move {
+                    match store.deliveries(&ids).await {
+                        Ok(mut found) => ids.iter().map(|id| Ok(found.remove(id))).collect(),
+                        Err(error) => shared_error(error, ids.len()),
+                    }
+                }
+            }),
+            claim: Batcher::spawn("callback_claim", move |attempts: Vec<(CallbackId, u32)>| {
+                let store = claims.clone();
+                async move {
+                    let claimed = store.claim_deliveries(&attempts, lease).await;
+                    per_input(claimed, attempts.len())
+                }
+            }),
+            record: Batcher::spawn("callback_record", move |attempts: Vec<DeliveryAttempt>| {
+                let store = records.clone();
+                async move { record(&store, &attempts).await }
+            }),
+        }
+    }
+}
+
+async fn record(store: &Store, attempts: &[DeliveryAttempt]) -> Vec<Result<bool, StoreError>> {
+    match store.record_deliveries(attempts).await {
+        Err(error) if attempts.len() > 1 && error.is_statement_error() => {
+            // A deadlock with another replica or one bad attempt: recorded
+            // alone, each attempt succeeds or fails on its own.
+            tracing::warn!(%error, attempts = attempts.len(), "recording a batch of callback attempts failed; recording them one by one");
+            let mut results = Vec::with_capacity(attempts.len());
+            for attempt in attempts {
+                results.push(store.record_delivery(attempt).await);
+            }
+            results
+        }
+        result => per_input(result, attempts.len()),
+    }
+}

@@ -1,0 +1,116 @@
+//! Store calls of many concurrent jobs, run in batches.
+//!
+//! A worker runs dozens of jobs at once, and each makes the same few store
+//! calls: load its row, record its outcome. A [`Batcher`] runs the calls
+//! that arrive while its previous batch is in the database as the next
+//! batch, in one statement or transaction. Under load, one round trip,
+//! commit and WAL flush then serve many jobs. A call that arrives while
+//! nothing is running starts at once, so batching adds no wait.
+
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+
+use prometheus::{HistogramVec, exponential_buckets, register_histogram_vec};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::StoreError;
+
+/// Calls served by one batch at most.
+pub const MAX_BATCH: usize = 256;
+
+/// Calls served per batch, by operation, such as `fetch_record`.
+static BATCH_SIZE: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "attache_database_batch_size",
+        "Jobs' store calls served per database batch, by operation.",
+        &["operation"],
+        exponential_buckets(1.0, 2.0, 10).expect("bucket parameters are valid")
+    )
+    .expect("metric names are unique and valid")
+});
+
+type Reply<O> = oneshot::Sender<Result<O, StoreError>>;
+
+/// A handle on a task that serves calls in batches. Cloning it shares the
+/// task; the task ends when the last handle is dropped.
+pub struct Batcher<I, O> {
+    requests: mpsc::Sender<(I, Reply<O>)>,
+}
+
+impl<I, O> Clone for Batcher<I, O> {
+    fn clone(&self) -> Self {
+        Self {
+            requests: self.requests.clone(),
+        }
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    /// Starts a task that passes each batch to `run`, which returns one
+    /// result per input, in order. `operation` labels the batch size metric.
+    pub fn spawn<F, Fut>(operation: &'static str, run: F) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + 'static,
+        Fut: Future<Output = Vec<Result<O, StoreError>>> + Send,
+    {
+        let (requests, mut receiver) = mpsc::channel::<(I, Reply<O>)>(MAX_BATCH);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                let (inputs, replies): (Vec<I>, Vec<Reply<O>>) = batch.drain(..).unzip();
+                let count = inputs.len();
+                BATCH_SIZE
+                    .with_label_values(&[operation])
+                    .observe(count as f64);
+                let mut results = run(inputs).await;
+                if results.len() != count {
+                    tracing::error!(
+                        inputs = count,
+                        results = results.len(),
+                        "a batch returned the wrong number of results; failing its calls"
+                    );
+                    results = shared_error(
+                        StoreError::Startup(
+                            "a store batch returned the wrong number of results".to_owned(),
+                        ),
+                        count,
+                    );
+                }
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // A caller cancelled by a shutdown no longer listens; the
+                    // batch ran all the same.
+                    let _ = reply.send(result);
+                }
+            }
+        });
+        Self { requests }
+    }
+
+    /// Runs `input` in whichever batch it joins.
+    pub async fn call(&self, input: I) -> Result<O, StoreError> {
+        let stopped = || StoreError::Startup("the store batcher stopped".to_owned());
+        let (reply, response) = oneshot::channel();
+        self.requests
+            .send((input, reply))
+            .await
+            .map_err(|_| stopped())?;
+        response.await.map_err(|_| stopped())?
+    }
+}
+
+/// Returns `error` for each of `count` calls of a failed batch.
+pub fn shared_error<O>(error: StoreError, count: usize) -> Vec<Result<O, StoreError>> {
+    let error = Arc::new(error);
+    (0..count)
+        .map(|_| Err(StoreError::Batch(error.clone())))
+        .collect()
+}
+
+/// Returns the result of a batch call that returns one result per input,
+/// or the batch's error for each input.
+pub fn per_input<O>(result: crate::Result<Vec<O>>, count: usize) -> Vec<Result<O, StoreError>> {
+    match result {
+        Ok(outputs) => outputs.into_iter().map(Ok).collect(),
+        Err(error) => shared_error(error, count),
+    }
+}
