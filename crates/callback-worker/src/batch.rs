@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use attache_domain::CallbackId;
-use attache_store::batch::{Batcher, per_input, shared_error};
+use attache_store::batch::{Batcher, lookup_each, per_input};
 use attache_store::callbacks::{Claim, Delivery, DeliveryAttempt};
 use attache_store::{Store, StoreError};
 
@@ -30,12 +30,7 @@ impl Calls {
         Self {
             load: Batcher::spawn("callback_load", move |ids: Vec<CallbackId>| {
                 let store = loads.clone();
-                async move {
-                    match store.deliveries(&ids).await {
-                        Ok(mut found) => ids.iter().map(|id| Ok(found.remove(id))).collect(),
-                        Err(error) => shared_error(error, ids.len()),
-                    }
-                }
+                async move { lookup_each(&ids, store.deliveries(&ids).await) }
             }),
             claim: Batcher::spawn("callback_claim", move |attempts: Vec<(CallbackId, u32)>| {
                 let store = claims.clone();

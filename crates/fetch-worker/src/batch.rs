@@ -5,7 +5,7 @@
 //! take the task's row lock once instead of queueing on it.
 
 use attache_domain::AttachmentId;
-use attache_store::batch::{Batcher, per_input, shared_error};
+use attache_store::batch::{Batcher, lookup_each, per_input};
 use attache_store::fetches::{FetchAttempt, FetchTarget, Recorded};
 use attache_store::{Store, StoreError};
 
@@ -13,12 +13,7 @@ use attache_store::{Store, StoreError};
 pub fn loader(store: Store) -> Batcher<AttachmentId, Option<FetchTarget>> {
     Batcher::spawn("fetch_load", move |ids: Vec<AttachmentId>| {
         let store = store.clone();
-        async move {
-            match store.fetch_targets(&ids).await {
-                Ok(mut targets) => ids.iter().map(|id| Ok(targets.remove(id))).collect(),
-                Err(error) => shared_error(error, ids.len()),
-            }
-        }
+        async move { lookup_each(&ids, store.fetch_targets(&ids).await) }
     })
 }
 

@@ -7,7 +7,9 @@
 //! commit and WAL flush then serve many jobs. A call that arrives while
 //! nothing is running starts at once, so batching adds no wait.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::{Arc, LazyLock};
 
 use prometheus::{HistogramVec, exponential_buckets, register_histogram_vec};
@@ -112,5 +114,48 @@ pub fn per_input<O>(result: crate::Result<Vec<O>>, count: usize) -> Vec<Result<O
     match result {
         Ok(outputs) => outputs.into_iter().map(Ok).collect(),
         Err(error) => shared_error(error, count),
+    }
+}
+
+/// Returns, for each key, its row from `found`, or `None` when it has none.
+/// A key may appear more than once in a batch (a duplicate delivery beside
+/// a retry of the same attachment), and each appearance gets the row.
+pub fn lookup_each<K, V>(
+    keys: &[K],
+    found: crate::Result<HashMap<K, V>>,
+) -> Vec<Result<Option<V>, StoreError>>
+where
+    K: Eq + Hash,
+    V: Clone,
+{
+    match found {
+        Ok(found) => keys.iter().map(|key| Ok(found.get(key).cloned())).collect(),
+        Err(error) => shared_error(error, keys.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_each_answers_repeated_keys() {
+        let found = HashMap::from([(1, "one"), (2, "two")]);
+        let rows: Vec<Option<&str>> = lookup_each(&[1, 3, 1, 2], Ok(found))
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(rows, [Some("one"), None, Some("one"), Some("two")]);
+    }
+
+    #[test]
+    fn lookup_each_fails_every_key_of_a_failed_batch() {
+        let failed = Err(StoreError::Startup("down".to_owned()));
+        let rows = lookup_each::<i32, &str>(&[1, 1, 2], failed);
+        assert_eq!(rows.len(), 3);
+        assert!(
+            rows.iter()
+                .all(|row| matches!(row, Err(StoreError::Batch(_))))
+        );
     }
 }
