@@ -146,16 +146,7 @@ impl Store {
             &[&ids, &numbers, &lease.as_secs_f64()],
         )
         .await?;
-        let mut claimed: HashMap<(CallbackId, u32), DateTime<Utc>> = rows
-            .iter()
-            .map(|row| {
-                let key = (
-                    CallbackId(row.get("id")),
-                    row.get::<_, i32>("attempts") as u32,
-                );
-                (key, row.get("lease_until"))
-            })
-            .collect();
+        let mut claimed = leases_by_attempt(&rows);
         let mut leases = HashMap::new();
         let mut claims = Vec::with_capacity(attempts.len());
         for attempt in attempts {
@@ -189,16 +180,7 @@ impl Store {
             &[&unclaimed],
         )
         .await?;
-        let held: HashMap<(CallbackId, u32), DateTime<Utc>> = rows
-            .iter()
-            .map(|row| {
-                let key = (
-                    CallbackId(row.get("id")),
-                    row.get::<_, i32>("attempts") as u32,
-                );
-                (key, row.get("lease_until"))
-            })
-            .collect();
+        let held = leases_by_attempt(&rows);
         for (attempt, claim) in attempts.iter().zip(claims.iter_mut()) {
             if *claim == Claim::Stale
                 && let Some(until) = held.get(attempt)
@@ -348,6 +330,20 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Maps rows with `id`, `attempts` and `lease_until` columns to each
+/// attempt's lease end.
+fn leases_by_attempt(rows: &[tokio_postgres::Row]) -> HashMap<(CallbackId, u32), DateTime<Utc>> {
+    rows.iter()
+        .map(|row| {
+            let attempt = (
+                CallbackId(row.get("id")),
+                row.get::<_, i32>("attempts") as u32,
+            );
+            (attempt, row.get("lease_until"))
+        })
+        .collect()
 }
 
 /// Delivery attempts, column by column, as they are written.
