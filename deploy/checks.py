@@ -51,6 +51,7 @@ ATTACHE_METRICS = {
 ATTACHE_HISTOGRAMS = {
     "attache_fetch_duration_seconds",
     "attache_callback_duration_seconds",
+    "attache_database_batch_size",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
