@@ -5,12 +5,18 @@
 //! that arrive while its previous batch is in the database as the next
 //! batch, in one statement or transaction. Under load, one round trip,
 //! commit and WAL flush then serve many jobs. A call that arrives while
-//! nothing is running starts at once, so batching adds no wait.
+//! nothing is running starts at once, so batching adds no wait. A batch
+//! that panics or outlasts [`BATCH_TIMEOUT`] fails its calls, and the task
+//! goes on with the next batch.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use prometheus::{HistogramVec, exponential_buckets, register_histogram_vec};
 use tokio::sync::{mpsc, oneshot};
@@ -19,6 +25,11 @@ use crate::StoreError;
 
 /// Calls served by one batch at most.
 pub const MAX_BATCH: usize = 256;
+
+/// Time one batch may take. The calls queued behind a batch wait for it,
+/// so a batch stuck on a dead connection fails its calls, which their jobs
+/// retry, instead of holding up every job of the worker.
+pub const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Calls served per batch, by operation, such as `fetch_record`.
 static BATCH_SIZE: LazyLock<HistogramVec> = LazyLock::new(|| {
@@ -64,7 +75,34 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                 BATCH_SIZE
                     .with_label_values(&[operation])
                     .observe(count as f64);
-                let mut results = run(inputs).await;
+                let mut results = match tokio::time::timeout(
+                    BATCH_TIMEOUT,
+                    AssertUnwindSafe(run(inputs)).catch_unwind(),
+                )
+                .await
+                {
+                    Ok(Ok(results)) => results,
+                    Ok(Err(_)) => {
+                        tracing::error!(
+                            operation,
+                            calls = count,
+                            "a store batch panicked; failing its calls"
+                        );
+                        shared_error(
+                            StoreError::Startup(format!("the {operation} batch panicked")),
+                            count,
+                        )
+                    }
+                    Err(_) => {
+                        tracing::error!(operation, calls = count, timeout = ?BATCH_TIMEOUT, "a store batch timed out; failing its calls");
+                        shared_error(
+                            StoreError::Startup(format!(
+                                "the {operation} batch timed out after {BATCH_TIMEOUT:?}"
+                            )),
+                            count,
+                        )
+                    }
+                };
                 if results.len() != count {
                     tracing::error!(
                         inputs = count,
@@ -146,6 +184,17 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(rows, [Some("one"), None, Some("one"), Some("two")]);
+    }
+
+    #[tokio::test]
+    async fn batcher_survives_a_panicking_batch() {
+        let batcher = Batcher::spawn("test", |inputs: Vec<i32>| async move {
+            assert!(!inputs.contains(&0), "zero makes this batch panic");
+            inputs.into_iter().map(|n| Ok(n * 2)).collect()
+        });
+        let failed = batcher.call(0).await;
+        assert!(matches!(failed, Err(StoreError::Batch(_))), "{failed:?}");
+        assert_eq!(batcher.call(21).await.unwrap(), 42);
     }
 
     #[test]

@@ -66,11 +66,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether PostgreSQL rejected a statement (a constraint, a deadlock),
-    /// as opposed to the connection or the pool failing.
+    /// Whether PostgreSQL rejected a statement because of its data or a
+    /// conflict with another transaction (a constraint, a deadlock), as
+    /// opposed to the database, the connection or the pool failing.
     pub fn is_statement_error(&self) -> bool {
         match self {
-            StoreError::Postgres(error) => error.as_db_error().is_some(),
+            // Class 40 is a deadlock or serialization failure, 22 invalid
+            // data and 23 a violated constraint. Other classes, such as 57
+            // (the server shutting down), mean the database is unavailable.
+            StoreError::Postgres(error) => error.as_db_error().is_some_and(|db| {
+                let code = db.code().code();
+                code.starts_with("40") || code.starts_with("22") || code.starts_with("23")
+            }),
             StoreError::Batch(error) => error.is_statement_error(),
             _ => false,
         }
@@ -89,7 +96,7 @@ pub struct Store {
 impl Store {
     /// Builds the pool. No connection is opened until the first query.
     pub fn connect(args: &DatabaseArgs) -> Result<Self> {
-        let config: tokio_postgres::Config = args
+        let mut config: tokio_postgres::Config = args
             .database_url
             .parse()
             .map_err(|error: tokio_postgres::Error| {
@@ -97,6 +104,15 @@ impl Store {
                     "ATTACHE_DATABASE_URL (--database-url) is not a PostgreSQL URL ({error}): write it as postgres://USER@HOST:PORT/DATABASE"
                 ))
             })?;
+        // A connection to a host that vanished (a crash or a partition
+        // during failover) fails within a minute instead of the system's
+        // two hours, so a query on it cannot hold up the jobs behind it.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(60));
         let manager = Manager::from_config(
             config,
             NoTls,

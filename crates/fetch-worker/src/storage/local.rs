@@ -149,8 +149,25 @@ impl LocalUpload {
     }
 }
 
+/// Creates the temporary file, and the missing directories above it. Each
+/// new directory's entry is synced in its parent, so a committed object's
+/// path survives a crash, not only its last component.
 fn create(parent: &Path, temporary: &Path) -> std::io::Result<std::fs::File> {
+    let mut missing = Vec::new();
+    let mut directory = parent;
+    while !directory.exists() {
+        missing.push(directory);
+        match directory.parent() {
+            Some(above) => directory = above,
+            None => break,
+        }
+    }
     std::fs::create_dir_all(parent)?;
+    for created in missing.iter().rev() {
+        if let Some(above) = created.parent() {
+            std::fs::File::open(above)?.sync_all()?;
+        }
+    }
     std::fs::File::create(temporary)
 }
 
@@ -184,7 +201,9 @@ impl Upload for LocalUpload {
 
 impl Drop for LocalUpload {
     fn drop(&mut self) {
-        if !self.committed && self.file.is_some() {
+        // The file may exist even when `file` is `None`: a write cancelled
+        // while on a blocking thread has created it.
+        if !self.committed {
             remove_quietly(&self.temporary);
         }
     }
