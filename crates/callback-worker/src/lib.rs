@@ -175,11 +175,8 @@ impl CallbackWorker {
                     .to_owned(),
             },
         )?;
-        // A claimed attempt is reserved for longer than its request and the
-        // store batch that records it may take, so a copy of the job cannot
-        // send it again meanwhile.
-        let lease =
-            config.callback_timeout + attache_store::batch::BATCH_TIMEOUT + Duration::from_secs(10);
+        // A claimed attempt is reserved for longer than its request may take.
+        let lease = config.callback_timeout + Duration::from_secs(10);
         let handler = CallbackHandler {
             calls: batch::Calls::spawn(&store, lease),
             store,
