@@ -317,6 +317,20 @@ impl Deployment {
         body: String,
         idempotency_key: Option<&str>,
     ) -> (StatusCode, Value) {
+        let sent = self.try_submit_raw(api_key, body, idempotency_key).await;
+        let response = sent.expect("the API answers");
+        let status = response.status();
+        (status, response.json().await.expect("every answer is JSON"))
+    }
+
+    /// POSTs a raw body and returns the response, or the error of a request
+    /// that got none.
+    pub async fn try_submit_raw(
+        &self,
+        api_key: Option<&str>,
+        body: String,
+        idempotency_key: Option<&str>,
+    ) -> reqwest::Result<reqwest::Response> {
         let mut request = self
             .http
             .post(format!("http://{}/v1/tasks", self.api))
@@ -328,9 +342,7 @@ impl Deployment {
         if let Some(key) = idempotency_key {
             request = request.header("idempotency-key", key);
         }
-        let response = request.send().await.expect("the API answers");
-        let status = response.status();
-        (status, response.json().await.expect("every answer is JSON"))
+        request.send().await
     }
 
     /// POSTs a JSON body to a path of the API as this deployment's team.
