@@ -113,7 +113,7 @@ fn retry(attachment_id: AttachmentId, attempt: u32, delay: Duration) -> FetchAtt
     }
 }
 
-/// The task's status and its callbacks' bodies.
+/// Reads the task's status and its callbacks' bodies.
 async fn task_state(client: &tokio_postgres::Client, task_id: TaskId) -> (String, Vec<Value>) {
     let status: String = client
         .query_one("SELECT status FROM tasks WHERE id = $1", &[&task_id.0])

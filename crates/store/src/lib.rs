@@ -66,7 +66,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether PostgreSQL rejected a statement because of its data or a
+    /// Returns whether PostgreSQL rejected a statement because of its data or a
     /// conflict with another transaction (a constraint, a deadlock), as
     /// opposed to the database, the connection or the pool failing.
     pub fn is_statement_error(&self) -> bool {

@@ -135,7 +135,7 @@ impl TestDatabase {
         }
     }
 
-    /// A direct connection to this database, for assertions.
+    /// Opens a direct connection to this database, for assertions.
     pub async fn client(&self) -> tokio_postgres::Client {
         admin_client(&self.args.database_url).await
     }
