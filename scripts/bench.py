@@ -151,7 +151,7 @@ def prepare(run_dir: Path, phases: tuple[str, ...]) -> None:
 
 
 def trash_dir(run_dir: Path) -> Path:
-    """Return the directory that holds run directories and stores to delete at the end."""
+    """Return the directory of run directories and stores to delete at the end."""
     trash = run_dir.parent / f"{run_dir.name}-trash"
     trash.mkdir(parents=True, exist_ok=True)
     return trash

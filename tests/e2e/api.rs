@@ -45,7 +45,7 @@ async fn invalid_request_error_names_field() {
         let body_start = body.chars().take(120).collect::<String>();
         // The API responds 413 to an oversized body before reading it, and
         // may close the connection while the client is still sending, which
-        // then sees no response. Such a request is sent again.
+        // then gets no response. Such a request is sent again.
         let mut sent = None;
         for _ in 0..5 {
             match deployment

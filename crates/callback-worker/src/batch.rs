@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use attache_domain::CallbackId;
-use attache_store::batch::{Batcher, lookup_each, per_input};
+use attache_store::Store;
+use attache_store::batch::{Batcher, each_alone_on_rejection, lookup_each, per_input};
 use attache_store::callbacks::{Claim, Delivery, DeliveryAttempt};
-use attache_store::{Store, StoreError};
 
 /// The batched calls of one callback-worker.
 #[derive(Clone)]
@@ -41,24 +41,16 @@ impl Calls {
             }),
             record: Batcher::spawn("callback_record", move |attempts: Vec<DeliveryAttempt>| {
                 let store = records.clone();
-                async move { record(&store, &attempts).await }
+                async move {
+                    each_alone_on_rejection(
+                        "callback_record",
+                        &attempts,
+                        store.record_deliveries(&attempts),
+                        |attempt| store.record_delivery(attempt),
+                    )
+                    .await
+                }
             }),
         }
-    }
-}
-
-async fn record(store: &Store, attempts: &[DeliveryAttempt]) -> Vec<Result<bool, StoreError>> {
-    match store.record_deliveries(attempts).await {
-        Err(error) if attempts.len() > 1 && error.is_statement_error() => {
-            // A deadlock with another replica or one bad attempt: recorded
-            // alone, each attempt succeeds or fails on its own.
-            tracing::warn!(%error, attempts = attempts.len(), "recording a batch of callback attempts failed; recording them one by one");
-            let mut results = Vec::with_capacity(attempts.len());
-            for attempt in attempts {
-                results.push(store.record_delivery(attempt).await);
-            }
-            results
-        }
-        result => per_input(result, attempts.len()),
     }
 }

@@ -5,9 +5,9 @@
 //! take the task's row lock once instead of queueing on it.
 
 use attache_domain::AttachmentId;
-use attache_store::batch::{Batcher, lookup_each, per_input};
+use attache_store::Store;
+use attache_store::batch::{Batcher, each_alone_on_rejection, lookup_each};
 use attache_store::fetches::{FetchAttempt, FetchTarget, Recorded};
-use attache_store::{Store, StoreError};
 
 /// Loads attachments, as [`Store::fetch_target`] does, in batches.
 pub fn loader(store: Store) -> Batcher<AttachmentId, Option<FetchTarget>> {
@@ -21,22 +21,14 @@ pub fn loader(store: Store) -> Batcher<AttachmentId, Option<FetchTarget>> {
 pub fn recorder(store: Store) -> Batcher<FetchAttempt, Recorded> {
     Batcher::spawn("fetch_record", move |attempts: Vec<FetchAttempt>| {
         let store = store.clone();
-        async move { record(&store, &attempts).await }
-    })
-}
-
-async fn record(store: &Store, attempts: &[FetchAttempt]) -> Vec<Result<Recorded, StoreError>> {
-    match store.record_fetches(attempts).await {
-        Err(error) if attempts.len() > 1 && error.is_statement_error() => {
-            // A deadlock with another replica or one bad attempt: recorded
-            // alone, each attempt succeeds or fails on its own.
-            tracing::warn!(%error, attempts = attempts.len(), "recording a batch of fetch outcomes failed; recording them one by one");
-            let mut results = Vec::with_capacity(attempts.len());
-            for attempt in attempts {
-                results.push(store.record_fetch(attempt).await);
-            }
-            results
+        async move {
+            each_alone_on_rejection(
+                "fetch_record",
+                &attempts,
+                store.record_fetches(&attempts),
+                |attempt| store.record_fetch(attempt),
+            )
+            .await
         }
-        result => per_input(result, attempts.len()),
-    }
+    })
 }

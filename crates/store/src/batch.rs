@@ -155,6 +155,32 @@ pub fn per_input<O>(result: crate::Result<Vec<O>>, count: usize) -> Vec<Result<O
     }
 }
 
+/// Awaits `batch`, the batch call over `inputs`, and when PostgreSQL rejects
+/// one of its statements (see [`StoreError::is_statement_error`]) runs `one` on each
+/// input alone instead, so one bad input or a deadlock with another replica
+/// cannot fail the others.
+pub async fn each_alone_on_rejection<'a, I, O, F>(
+    operation: &str,
+    inputs: &'a [I],
+    batch: impl Future<Output = crate::Result<Vec<O>>>,
+    one: impl Fn(&'a I) -> F,
+) -> Vec<Result<O, StoreError>>
+where
+    F: Future<Output = crate::Result<O>>,
+{
+    match batch.await {
+        Err(error) if inputs.len() > 1 && error.is_statement_error() => {
+            tracing::warn!(%error, operation, calls = inputs.len(), "a store batch was rejected; running its calls one by one");
+            let mut results = Vec::with_capacity(inputs.len());
+            for input in inputs {
+                results.push(one(input).await);
+            }
+            results
+        }
+        result => per_input(result, inputs.len()),
+    }
+}
+
 /// Returns, for each key, its row from `found`, or `None` when it has none.
 /// A key may appear more than once in a batch (a duplicate delivery beside
 /// a retry of the same attachment), and each appearance gets the row.
@@ -177,7 +203,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lookup_each_answers_repeated_keys() {
+    fn lookup_each_repeated_keys() {
         let found = HashMap::from([(1, "one"), (2, "two")]);
         let rows: Vec<Option<&str>> = lookup_each(&[1, 3, 1, 2], Ok(found))
             .into_iter()
@@ -187,7 +213,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn batcher_survives_a_panicking_batch() {
+    async fn batcher_survives_panicking_batch() {
         let batcher = Batcher::spawn("test", |inputs: Vec<i32>| async move {
             assert!(!inputs.contains(&0), "zero makes this batch panic");
             inputs.into_iter().map(|n| Ok(n * 2)).collect()
@@ -198,7 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn lookup_each_fails_every_key_of_a_failed_batch() {
+    fn lookup_each_failed_batch() {
         let failed = Err(StoreError::Startup("down".to_owned()));
         let rows = lookup_each::<i32, &str>(&[1, 1, 2], failed);
         assert_eq!(rows.len(), 3);

@@ -180,10 +180,10 @@ impl Store {
             &[&unclaimed],
         )
         .await?;
-        let held = leases_by_attempt(&rows);
+        let leased = leases_by_attempt(&rows);
         for (attempt, claim) in attempts.iter().zip(claims.iter_mut()) {
             if *claim == Claim::Stale
-                && let Some(until) = held.get(attempt)
+                && let Some(until) = leased.get(attempt)
             {
                 *claim = Claim::Held { until: *until };
             }

@@ -204,7 +204,8 @@ impl Store {
 }
 
 impl FetchAttempt {
-    /// The attachment and the attempt number: what makes an attempt unique.
+    /// Returns the attachment and the attempt number, which make an attempt
+    /// unique.
     fn key(&self) -> (AttachmentId, u32) {
         (self.attachment_id, self.attempt)
     }
@@ -388,6 +389,7 @@ async fn complete_tasks_if_done(
     tx: &Transaction<'_>,
     task_ids: &[TaskId],
 ) -> Result<HashMap<TaskId, TaskStatus>> {
+    debug_assert!(task_ids.is_sorted(), "task rows are locked in id order");
     if task_ids.is_empty() {
         return Ok(HashMap::new());
     }
