@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use attache_domain::FETCH_GROUP_SIZE;
+use attache_producer::api::Limits;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -211,5 +213,55 @@ async fn fetch_retries_stop_at_max_attempts() {
         source.hits("down.txt"),
         Options::default().fetch_max_attempts
     );
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn task_of_several_groups_completes_once() {
+    // More attachments than one group holds, and than the worker's eight
+    // fetch slots.
+    let defaults = Options::default();
+    let deployment = Deployment::start(Options {
+        limits: Limits {
+            max_attachments_per_task: FETCH_GROUP_SIZE + 4,
+            ..defaults.limits.clone()
+        },
+        ..defaults
+    })
+    .await;
+    // The source serves files by static name; a test may leak a few.
+    let names: Vec<&'static str> = (0..FETCH_GROUP_SIZE + 4)
+        .map(|index| &*format!("{index}.txt").leak())
+        .collect();
+    let source = Source::start(
+        names
+            .iter()
+            .map(|&name| (name, SourceFile::new(name, "text/plain"))),
+    )
+    .await;
+    let receiver = Receiver::start([]).await;
+
+    let attachments: Vec<_> = names
+        .iter()
+        .map(|name| json!({"uri": source.url(name)}))
+        .collect();
+    let (status, accepted) = deployment
+        .submit(
+            &json!({"callback_url": receiver.url(), "attachments": attachments}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+
+    let payload = receiver.wait_for(1).await[0].json();
+    assert_eq!(payload["data"]["status"], "succeeded");
+    let stored = payload["data"]["attachments"].as_array().unwrap();
+    assert_eq!(stored.len(), names.len());
+    for (attachment, name) in stored.iter().zip(&names) {
+        assert_eq!(attachment["sha256"], sha256_hex(name.as_bytes()));
+        assert_eq!(source.hits(name), 1, "{name} was fetched once");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 1, "no second callback");
     deployment.stop().await;
 }

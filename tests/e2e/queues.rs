@@ -1,9 +1,10 @@
 //! Tests of messages other than valid new jobs: undecodable messages,
-//! duplicate jobs and jobs for unknown attachments.
+//! duplicate jobs, jobs for unknown attachments and a group delivered again
+//! after part of it was recorded.
 
 use std::time::Duration;
 
-use attache_domain::{AttachmentId, FetchJob, JobMessage};
+use attache_domain::{AttachmentId, FetchGroupJob, FetchJob, JobMessage, TaskId};
 use attache_queue::{Publisher, QueueKind};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -171,5 +172,72 @@ async fn job_delivered_too_often_fails_for_good() {
         || async { (deployment.dead_letter_depth(QueueKind::Fetch).await == 1).then_some(()) },
     )
     .await;
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redelivered_group_fetches_only_unrecorded_jobs() {
+    let deployment = Deployment::start(Options::default()).await;
+    let names = ["done.txt", "b.txt", "c.txt"];
+    let source = Source::start(names.map(|name| (name, SourceFile::new(name, "text/plain")))).await;
+    let receiver = Receiver::start([]).await;
+
+    // A task written straight to the database, without an outbox row, whose
+    // first attachment was recorded before the worker holding the group
+    // stopped.
+    let task_id = TaskId::new();
+    let ids: Vec<AttachmentId> = names.iter().map(|_| AttachmentId::new()).collect();
+    let database = deployment.database().await;
+    database
+        .execute(
+            "INSERT INTO tasks (id, team_id, callback_url, request_hash) VALUES ($1, $2, $3, '')",
+            &[&task_id.0, &deployment.team.team_id.0, &receiver.url()],
+        )
+        .await
+        .unwrap();
+    for (position, (id, name)) in ids.iter().zip(names).enumerate() {
+        database
+            .execute(
+                "INSERT INTO attachments (id, task_id, position, uri, provider)
+                 VALUES ($1, $2, $3, $4, 'http')",
+                &[&id.0, &task_id.0, &(position as i32), &source.url(name)],
+            )
+            .await
+            .unwrap();
+    }
+    database
+        .execute(
+            "UPDATE attachments SET status = 'succeeded', attempts = 1, size_bytes = 8,
+                 sha256 = 'recorded', storage_key = 'earlier' WHERE id = $1",
+            &[&ids[0].0],
+        )
+        .await
+        .unwrap();
+
+    let jobs = ids
+        .iter()
+        .map(|&attachment_id| FetchJob {
+            attachment_id,
+            attempt: 0,
+        })
+        .collect();
+    let group = JobMessage::FetchGroup(FetchGroupJob { task_id, jobs });
+    publish(&deployment, QueueKind::Fetch, group.encode()).await;
+
+    let payload = receiver.wait_for(1).await[0].json();
+    assert_eq!(payload["data"]["status"], "succeeded");
+    let attachments = payload["data"]["attachments"].as_array().unwrap();
+    assert_eq!(attachments.len(), 3);
+    assert_eq!(
+        attachments[0]["sha256"], "recorded",
+        "the recorded job kept its outcome"
+    );
+    assert_eq!(
+        source.hits("done.txt"),
+        0,
+        "the recorded job did not fetch again"
+    );
+    assert_eq!(source.hits("b.txt"), 1);
+    assert_eq!(source.hits("c.txt"), 1);
     deployment.stop().await;
 }

@@ -1,11 +1,15 @@
 //! Recording fetch outcomes and callback attempts in batches, against the
 //! real database: which attempts of a batch count, and that every task
 //! completes exactly once with one callback whichever batches its
-//! attachments land in.
+//! attachments land in. Also how a new task's jobs are grouped into
+//! messages.
 
 use std::time::Duration;
 
-use attache_domain::{AttachmentId, CallbackId, ErrorCode, Provider, TaskId, TaskStatus};
+use attache_domain::{
+    AttachmentId, CallbackId, ErrorCode, FETCH_GROUP_SIZE, FetchGroupJob, FetchJob, JobMessage,
+    Provider, TaskId, TaskStatus,
+};
 use attache_producer::keys::TeamCredentials;
 use attache_store::Store;
 use attache_store::callbacks::{Claim, DeliveryAttempt, DeliveryResult};
@@ -443,5 +447,47 @@ async fn batched_deliveries_record_each_attempt_once() {
         .unwrap()
         .get(0);
     assert_eq!(retry_jobs, 1, "the retry is queued after its delay");
+    fixture.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_task_queues_its_jobs_in_groups() {
+    let fixture = Fixture::start().await;
+    let (task_id, ids) = fixture.task(FETCH_GROUP_SIZE + 4).await;
+
+    let rows = fixture
+        .database
+        .client()
+        .await
+        .query(
+            "SELECT payload FROM outbox WHERE kind = 'fetch' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let messages: Vec<JobMessage> = rows
+        .iter()
+        .map(|row| serde_json::from_value::<Value>(row.get(0)).unwrap())
+        .map(|payload| JobMessage::decode(payload.to_string().as_bytes()).unwrap())
+        .collect();
+    let group = |range: std::ops::Range<usize>| {
+        JobMessage::FetchGroup(FetchGroupJob {
+            task_id,
+            jobs: ids[range]
+                .iter()
+                .map(|&attachment_id| FetchJob {
+                    attachment_id,
+                    attempt: 0,
+                })
+                .collect(),
+        })
+    };
+    assert_eq!(
+        messages,
+        vec![
+            group(0..FETCH_GROUP_SIZE),
+            group(FETCH_GROUP_SIZE..FETCH_GROUP_SIZE + 4)
+        ]
+    );
     fixture.stop().await;
 }

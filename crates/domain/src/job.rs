@@ -7,10 +7,15 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::ids::{AttachmentId, CallbackId};
+use crate::ids::{AttachmentId, CallbackId, TaskId};
 
 /// The message format version this build writes and reads.
 pub const MESSAGE_VERSION: u32 = 1;
+
+/// Most attachments one fetch message carries. A task's first attempts
+/// travel together, one message per group instead of one per attachment,
+/// while a task of many attachments still spreads over several workers.
+pub const FETCH_GROUP_SIZE: usize = 16;
 
 /// One job, as published to a work queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +23,8 @@ pub const MESSAGE_VERSION: u32 = 1;
 pub enum JobMessage {
     /// Fetch one attachment.
     Fetch(FetchJob),
+    /// Fetch several attachments of one task, each as its own job.
+    FetchGroup(FetchGroupJob),
     /// Deliver one task's callback.
     Callback(CallbackJob),
 }
@@ -31,6 +38,19 @@ pub struct FetchJob {
     /// skips a job whose number no longer matches the row, because a newer
     /// job for the same attachment is scheduled.
     pub attempt: u32,
+}
+
+/// Fetch jobs of one task's attachments, carried by one message. Each job
+/// is loaded, fetched and recorded on its own; the group only saves a
+/// message and an outbox row per attachment. Workers of a release that
+/// predates groups dead-letter them, so fetch-workers are upgraded before
+/// the producer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchGroupJob {
+    /// The task the attachments belong to.
+    pub task_id: TaskId,
+    /// At most [`FETCH_GROUP_SIZE`] jobs.
+    pub jobs: Vec<FetchJob>,
 }
 
 /// A request to deliver one callback.
@@ -59,6 +79,21 @@ pub enum DecodeError {
 }
 
 impl JobMessage {
+    /// The messages that carry a task's fetch jobs: groups of at most
+    /// [`FETCH_GROUP_SIZE`], and a lone job as a plain [`JobMessage::Fetch`],
+    /// which every release reads.
+    pub fn fetches(task_id: TaskId, jobs: &[FetchJob]) -> Vec<Self> {
+        jobs.chunks(FETCH_GROUP_SIZE)
+            .map(|chunk| match chunk {
+                [job] => Self::Fetch(*job),
+                _ => Self::FetchGroup(FetchGroupJob {
+                    task_id,
+                    jobs: chunk.to_vec(),
+                }),
+            })
+            .collect()
+    }
+
     /// Serializes the message with its version.
     pub fn encode(&self) -> Vec<u8> {
         let envelope = Envelope {
@@ -105,6 +140,34 @@ mod tests {
             attempt: 3,
         });
         assert_eq!(JobMessage::decode(&job.encode()).unwrap(), job);
+    }
+
+    #[test]
+    fn task_fetches_are_grouped_and_a_lone_job_stays_plain() {
+        let task_id = TaskId::new();
+        let jobs: Vec<FetchJob> = (0..FETCH_GROUP_SIZE + 1)
+            .map(|_| FetchJob {
+                attachment_id: AttachmentId::new(),
+                attempt: 0,
+            })
+            .collect();
+        let messages = JobMessage::fetches(task_id, &jobs);
+        assert_eq!(
+            messages,
+            vec![
+                JobMessage::FetchGroup(FetchGroupJob {
+                    task_id,
+                    jobs: jobs[..FETCH_GROUP_SIZE].to_vec(),
+                }),
+                JobMessage::Fetch(jobs[FETCH_GROUP_SIZE]),
+            ]
+        );
+        for message in &messages {
+            assert_eq!(&JobMessage::decode(&message.encode()).unwrap(), message);
+        }
+        let value = messages[0].to_json();
+        assert_eq!(value["type"], "fetch_group");
+        assert_eq!(value["jobs"][0]["attempt"], 0);
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod uri;
 
 pub use error_code::ErrorCode;
 pub use ids::{AttachmentId, CallbackId, TaskId, TeamId};
-pub use job::{CallbackJob, FetchJob, JobMessage};
+pub use job::{CallbackJob, FETCH_GROUP_SIZE, FetchGroupJob, FetchJob, JobMessage};
 pub use retry::RetryPolicy;
 pub use status::{AttachmentStatus, CallbackStatus, TaskStatus};
 pub use uri::{AttachmentRef, Provider, UriError};

@@ -1,6 +1,11 @@
 //! One fetch job, in stages: decode the message, load the attachment, fetch
 //! it into the attachment store, classify the outcome, record it.
 //!
+//! A message carries one job or a group of one task's jobs, which run side
+//! by side. Fetches of every message share the worker's fetch slots, so the
+//! number of open sources and uploads stays bounded whatever the groups hold.
+//! The message is acknowledged once all its jobs are recorded.
+//!
 //! Only a failure to reach our own database makes the job return to the
 //! queue; every fetch failure is classified and recorded. A job whose
 //! attachment is final, or whose attempt number the row has passed, is a
@@ -17,12 +22,14 @@ use attache_queue::{DeadLetterReason, Disposition, Handler, Incoming};
 use attache_store::fetches::{FetchAttempt, FetchResult, FetchTarget, Recorded};
 use attache_store::{Store, StoreError};
 use futures_util::StreamExt;
+use futures_util::future::join_all;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::access;
 use crate::fetcher::{FetchError, FetchRequest, Fetchers, ObjectStream};
-use crate::metrics::{FETCH_BYTES, FETCH_SECONDS, FETCHES};
+use crate::metrics::{FETCH_BYTES, FETCH_SECONDS, FETCHES, InFlight};
 use crate::storage::AttachmentStore;
 use attache_store::batch::Batcher;
 
@@ -39,6 +46,9 @@ pub struct FetchHandler {
     pub max_bytes: u64,
     /// Deliveries of one message after which the worker gives it up.
     pub give_up_after: u32,
+    /// Fetches that may run at once, whatever number of messages carries
+    /// them.
+    pub fetch_slots: Semaphore,
 }
 
 /// A stored object's facts.
@@ -52,8 +62,9 @@ struct Stored {
 #[async_trait]
 impl Handler for FetchHandler {
     async fn handle(&self, incoming: Incoming<'_>) -> Disposition {
-        let job = match JobMessage::decode(incoming.body) {
-            Ok(JobMessage::Fetch(job)) => job,
+        let jobs = match JobMessage::decode(incoming.body) {
+            Ok(JobMessage::Fetch(job)) => vec![job],
+            Ok(JobMessage::FetchGroup(group)) => group.jobs,
             Ok(other) => {
                 tracing::error!(
                     ?other,
@@ -66,29 +77,44 @@ impl Handler for FetchHandler {
                 return Disposition::DeadLetter(DeadLetterReason::Undecodable);
             }
         };
+        let give_up = incoming.redeliveries >= self.give_up_after;
+        let finished = join_all(jobs.into_iter().map(|job| self.run(job, give_up))).await;
+        // The message returns to the queue if any of its jobs could not be
+        // recorded; on redelivery, the jobs already recorded are stale.
+        if finished.contains(&false) {
+            Disposition::Requeue
+        } else if give_up {
+            Disposition::DeadLetter(DeadLetterReason::DeliveryLimit)
+        } else {
+            Disposition::Ack
+        }
+    }
+}
+
+impl FetchHandler {
+    /// Runs one job of a message; returns whether its outcome, if any, is
+    /// recorded.
+    async fn run(&self, job: FetchJob, give_up: bool) -> bool {
         let span = tracing::info_span!(
             "fetch",
             attachment_id = %job.attachment_id,
             attempt = job.attempt,
             task_id = tracing::field::Empty,
         );
-        if incoming.redeliveries >= self.give_up_after {
-            return match self.give_up(job).instrument(span).await {
-                Ok(()) => Disposition::DeadLetter(DeadLetterReason::DeliveryLimit),
-                Err(_) => Disposition::Requeue,
-            };
-        }
-        match self.process(job).instrument(span).await {
-            Ok(()) => Disposition::Ack,
+        let result = if give_up {
+            self.give_up(job).instrument(span).await
+        } else {
+            self.process(job).instrument(span).await
+        };
+        match result {
+            Ok(()) => true,
             Err(error) => {
                 tracing::warn!(%error, attachment_id = %job.attachment_id, "database unavailable; returning the job to the queue");
-                Disposition::Requeue
+                false
             }
         }
     }
-}
 
-impl FetchHandler {
     /// Fails the attachment for good after its job was delivered too often,
     /// which means it keeps crashing or outliving workers; the message then
     /// goes to the dead-letter queue for an operator to inspect.
@@ -132,11 +158,20 @@ impl FetchHandler {
         }
         tracing::Span::current().record("task_id", tracing::field::display(target.task_id));
 
-        let started = Instant::now();
-        let (provider, egress_member, outcome) = self.attempt(&target).await;
-        FETCH_SECONDS
-            .with_label_values(&[provider_label(provider)])
-            .observe(started.elapsed().as_secs_f64());
+        let (provider, egress_member, outcome) = {
+            let _slot = self
+                .fetch_slots
+                .acquire()
+                .await
+                .expect("the fetch slots are never closed");
+            let _in_flight = InFlight::start();
+            let started = Instant::now();
+            let attempted = self.attempt(&target).await;
+            FETCH_SECONDS
+                .with_label_values(&[provider_label(attempted.0)])
+                .observe(started.elapsed().as_secs_f64());
+            attempted
+        };
 
         let result = self.classify(&target, provider, outcome);
         let recorded = self

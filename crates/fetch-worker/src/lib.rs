@@ -32,6 +32,7 @@ use attache_queue::{ConsumerSettings, QueueKind, Topology};
 use attache_store::Store;
 use clap::Args;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::fetcher::Fetchers;
@@ -62,7 +63,8 @@ pub struct FetchWorkerConfig {
     #[arg(long, env = "ATTACHE_ADMIN_ADDR", default_value = "127.0.0.1:9081")]
     pub admin_addr: SocketAddr,
 
-    /// Fetches in flight at once; also the broker prefetch.
+    /// Fetches in flight at once; also the broker prefetch, in messages,
+    /// each of which carries one fetch or a group of one task's fetches.
     #[arg(long, env = "ATTACHE_FETCH_CONCURRENCY", default_value_t = 32)]
     pub fetch_concurrency: u16,
 
@@ -221,6 +223,7 @@ impl FetchWorker {
             // RabbitMQ allows `limit` + 1 deliveries; the worker gives up on
             // the last one itself, so the row gets a final state.
             give_up_after: config.broker.queue_delivery_limit,
+            fetch_slots: Semaphore::new(usize::from(config.fetch_concurrency)),
         };
         let settings = ConsumerSettings {
             amqp_url: config.broker.amqp_url.clone(),

@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    HistogramVec, IntCounterVec, exponential_buckets, register_histogram_vec,
-    register_int_counter_vec,
+    HistogramVec, IntCounterVec, IntGauge, exponential_buckets, register_histogram_vec,
+    register_int_counter_vec, register_int_gauge,
 };
 
 /// Fetch jobs finished, by provider and outcome (`succeeded`, `retry`,
@@ -39,3 +39,28 @@ pub static FETCH_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric names are unique and valid")
 });
+
+/// Fetches holding a fetch slot: streaming from a source into the store.
+pub static FETCHES_IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "attache_fetches_in_flight",
+        "Fetches streaming from a source into the attachment store."
+    )
+    .expect("metric names are unique and valid")
+});
+
+/// Counts one fetch in [`FETCHES_IN_FLIGHT`] until dropped.
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn start() -> Self {
+        FETCHES_IN_FLIGHT.inc();
+        Self(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        FETCHES_IN_FLIGHT.dec();
+    }
+}

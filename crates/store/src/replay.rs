@@ -7,6 +7,8 @@
 //! the task completes again, it sends a new callback, with a new webhook id,
 //! because the content differs.
 
+use std::collections::BTreeMap;
+
 use attache_domain::{
     AttachmentId, CallbackId, CallbackJob, ErrorCode, FetchJob, JobMessage, TaskId, TeamId,
 };
@@ -65,15 +67,17 @@ impl Store {
             &[&tasks],
         )
         .await?;
-        let jobs: Vec<serde_json::Value> = ids
+        let mut by_task: BTreeMap<Uuid, Vec<FetchJob>> = BTreeMap::new();
+        for (id, task) in ids.iter().zip(&tasks) {
+            by_task.entry(*task).or_default().push(FetchJob {
+                attachment_id: AttachmentId(*id),
+                attempt: 0,
+            });
+        }
+        let jobs: Vec<serde_json::Value> = by_task
             .iter()
-            .map(|id| {
-                JobMessage::Fetch(FetchJob {
-                    attachment_id: AttachmentId(*id),
-                    attempt: 0,
-                })
-                .to_json()
-            })
+            .flat_map(|(task, jobs)| JobMessage::fetches(TaskId(*task), jobs))
+            .map(|job| job.to_json())
             .collect();
         insert_jobs(&tx, "fetch", &jobs).await?;
         tx.commit().await?;

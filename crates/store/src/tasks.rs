@@ -82,16 +82,17 @@ impl Store {
             .iter()
             .map(|a| a.provider.as_str())
             .collect();
-        let jobs: Vec<serde_json::Value> = task
+        let jobs: Vec<FetchJob> = task
             .attachments
             .iter()
-            .map(|a| {
-                JobMessage::Fetch(FetchJob {
-                    attachment_id: a.id,
-                    attempt: 0,
-                })
-                .to_json()
+            .map(|a| FetchJob {
+                attachment_id: a.id,
+                attempt: 0,
             })
+            .collect();
+        let jobs: Vec<serde_json::Value> = JobMessage::fetches(task.id, &jobs)
+            .iter()
+            .map(JobMessage::to_json)
             .collect();
 
         // One statement is one transaction and one round trip. The
