@@ -218,8 +218,8 @@ async fn fetch_retries_stop_at_max_attempts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn task_of_several_groups_completes_once() {
-    // More attachments than one group holds, and than the worker's eight
-    // fetch slots.
+    // More attachments than one group contains, and more than the worker's
+    // eight fetch slots.
     let defaults = Options::default();
     let deployment = Deployment::start(Options {
         limits: Limits {

@@ -176,7 +176,7 @@ async fn job_delivered_too_often_fails_for_good() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redelivered_group_fetches_only_unrecorded_jobs() {
+async fn redelivered_group_skips_recorded_jobs() {
     let deployment = Deployment::start(Options::default()).await;
     let names = ["done.txt", "b.txt", "c.txt"];
     let source = Source::start(names.map(|name| (name, SourceFile::new(name, "text/plain")))).await;

@@ -37,7 +37,22 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// for the account). The blob name, decoded once when the attachment URL
 /// was parsed, is encoded once per `/`-separated segment, so its virtual
 /// directories stay directories.
+///
+/// Returns an error for a `.` or `..` segment in the container or blob
+/// name, and for a template that does not keep the built path, because the
+/// request would then read another path than the one named.
 pub fn blob_url(template: &str, account: &str, container: &str, blob: &str) -> Result<Url, String> {
+    // The URL parser resolves `.` and `..` segments, and also their
+    // percent-encoded forms such as `%2E%2E`, so no encoding keeps them.
+    let mut segments = std::iter::once(container).chain(blob.split('/'));
+    if let Some(segment) = segments.find(|segment| matches!(*segment, "." | "..")) {
+        return Err(format!(
+            "the Azure container or blob name contains the path segment `{segment}`, \
+             which the request URL cannot carry without reading another path: \
+             name the blob by its exact path, without `.` or `..` segments"
+        ));
+    }
+
     let base = template.replace("{account}", account);
     let base = base.trim_end_matches('/');
     let container = utf8_percent_encode(container, SEGMENT);
@@ -45,10 +60,22 @@ pub fn blob_url(template: &str, account: &str, container: &str, blob: &str) -> R
         .split('/')
         .map(|segment| utf8_percent_encode(segment, SEGMENT).to_string())
         .collect();
-    let text = format!("{base}/{container}/{}", blob.join("/"));
-    Url::parse(&text).map_err(|error| {
+    let path = format!("/{container}/{}", blob.join("/"));
+    let url = Url::parse(&format!("{base}{path}")).map_err(|error| {
         format!("ATTACHE_AZURE_BLOB_ENDPOINT_TEMPLATE does not make a valid URL ({error})")
-    })
+    })?;
+
+    // The request must read exactly the path built here. A template with a
+    // query or fragment, for one, would swallow it.
+    if !url.path().ends_with(&path) {
+        return Err(
+            "the Blob Storage URL built from ATTACHE_AZURE_BLOB_ENDPOINT_TEMPLATE does not \
+             end with the container and blob path: set the template to a base URL without \
+             a query or fragment, such as https://{account}.blob.core.windows.net"
+                .to_owned(),
+        );
+    }
+    Ok(url)
 }
 
 /// The identity a read runs as, which messages name.
@@ -222,6 +249,55 @@ mod tests {
                 url.as_str(),
                 format!("https://acct.blob.core.windows.net/container/{encoded}"),
                 "{blob}"
+            );
+        }
+    }
+
+    #[test]
+    fn blob_url_rejects_dot_segments() {
+        let names = [
+            ("container", "a/../../../victim/private/secret.txt"),
+            ("container", ".."),
+            ("container", "."),
+            ("container", "a/./b"),
+            ("container", "a/.."),
+            ("..", "victim/secret.txt"),
+            (".", "f"),
+        ];
+        for (container, blob) in names {
+            let error = blob_url(TEMPLATE, "acct", container, blob).unwrap_err();
+            assert!(
+                error.contains("path segment"),
+                "{container}/{blob}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn blob_url_keeps_names_with_dots() {
+        let cases = [
+            ("...", "..."),
+            ("a..b", "a..b"),
+            (".hidden/.x", ".hidden/.x"),
+            ("a/%2E%2E/b", "a/%252E%252E/b"),
+            ("a//b", "a//b"),
+        ];
+        for (blob, encoded) in cases {
+            let url = blob_url(TEMPLATE, "acct", "container", blob).unwrap();
+            assert_eq!(url.path(), format!("/container/{encoded}"), "{blob}");
+        }
+    }
+
+    #[test]
+    fn blob_url_rejects_templates_that_drop_the_path() {
+        for template in [
+            "https://{account}.blob.core.windows.net/?x=",
+            "https://{account}.blob.core.windows.net/#",
+        ] {
+            let error = blob_url(template, "acct", "container", "f").unwrap_err();
+            assert!(
+                error.contains("does not end with the container and blob path"),
+                "{template}: {error}"
             );
         }
     }

@@ -12,9 +12,9 @@ use crate::ids::{AttachmentId, CallbackId, TaskId};
 /// The message format version this build writes and reads.
 pub const MESSAGE_VERSION: u32 = 1;
 
-/// Most attachments one fetch message carries. A task's first attempts
-/// travel together, one message per group instead of one per attachment,
-/// while a task of many attachments still spreads over several workers.
+/// Max attachments per fetch message. A task's first attempts travel
+/// together, one message per group instead of one per attachment, and a task
+/// of many attachments still spreads over several workers.
 pub const FETCH_GROUP_SIZE: usize = 16;
 
 /// One job, as published to a work queue.
@@ -41,7 +41,7 @@ pub struct FetchJob {
 }
 
 /// Fetch jobs of one task's attachments, carried by one message. Each job
-/// is loaded, fetched and recorded on its own; the group only saves a
+/// is loaded, fetched and recorded on its own, so the group only saves a
 /// message and an outbox row per attachment. Workers of a release that
 /// predates groups dead-letter them, so fetch-workers are upgraded before
 /// the producer.
@@ -79,7 +79,7 @@ pub enum DecodeError {
 }
 
 impl JobMessage {
-    /// The messages that carry a task's fetch jobs: groups of at most
+    /// Splits a task's fetch jobs into messages: groups of at most
     /// [`FETCH_GROUP_SIZE`], and a lone job as a plain [`JobMessage::Fetch`],
     /// which every release reads.
     pub fn fetches(task_id: TaskId, jobs: &[FetchJob]) -> Vec<Self> {
@@ -143,7 +143,7 @@ mod tests {
     }
 
     #[test]
-    fn task_fetches_are_grouped_and_a_lone_job_stays_plain() {
+    fn fetches_group_jobs_but_not_one() {
         let task_id = TaskId::new();
         let jobs: Vec<FetchJob> = (0..FETCH_GROUP_SIZE + 1)
             .map(|_| FetchJob {

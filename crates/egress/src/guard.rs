@@ -66,6 +66,14 @@ impl AddressClass {
             Self::SiteLocal => "site-local",
         }
     }
+
+    /// Returns the indefinite article that goes before [`Self::as_str`].
+    pub fn article(self) -> &'static str {
+        match self {
+            Self::Unspecified => "an",
+            _ => "a",
+        }
+    }
 }
 
 impl fmt::Display for AddressClass {
@@ -78,7 +86,7 @@ impl fmt::Display for AddressClass {
 /// message names the host as the customer wrote it and the address class,
 /// never an address the customer did not send.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the destination `{host}` is a {class} address, which Attaché does not connect to")]
+#[error("the destination `{host}` is {} {class} address, which Attaché does not connect to", class.article())]
 pub struct Denied {
     pub host: String,
     pub class: AddressClass,

@@ -24,6 +24,7 @@ pub mod member;
 mod metrics;
 pub mod resolver;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -45,8 +46,9 @@ use crate::resolver::{Family, GuardedResolver, Lookup, SystemLookup};
 #[derive(Args, Clone, Debug, Default)]
 pub struct EgressArgs {
     /// Pool members, comma-separated: `local:<source IP>` binds outbound
-    /// sockets to an address this host owns, `proxy:http://<host>:<port>`
-    /// sends through a forward proxy. Customers allow-list these addresses.
+    /// sockets to an address this host owns (checked at start),
+    /// `proxy:http://<host>:<port>` sends through a forward proxy. Customers
+    /// allow-list these addresses.
     #[arg(long, env = "ATTACHE_EGRESS_MEMBERS", value_delimiter = ',')]
     pub egress_members: Vec<MemberSpec>,
 
@@ -91,6 +93,13 @@ pub enum ConfigError {
         "no egress member is configured: set ATTACHE_EGRESS_MEMBERS to the addresses or proxies customers allow-list, or ATTACHE_EGRESS_ALLOW_DIRECT=true for local development"
     )]
     NoMembers,
+    #[error(
+        "ATTACHE_EGRESS_MEMBERS lists local:{address}, but binding a socket to {address} failed ({source}): assign the address to an interface of this host, or list an address it has"
+    )]
+    LocalAddress {
+        address: IpAddr,
+        source: std::io::Error,
+    },
     #[error("cannot build the HTTP client of egress member {member}: {source}")]
     Client {
         member: String,
@@ -155,6 +164,14 @@ impl Egress {
         }
         let mut members = Vec::new();
         for spec in &args.egress_members {
+            // Every request through a member whose address this host lacks
+            // would fail, so the start fails instead.
+            if let MemberSpec::Local(ip) = spec {
+                member::bind_source(*ip).map_err(|source| ConfigError::LocalAddress {
+                    address: *ip,
+                    source,
+                })?;
+            }
             let (kind, family) = match spec {
                 MemberSpec::Local(ip) => (
                     MemberKind::Local(*ip),
@@ -218,7 +235,8 @@ impl Egress {
     }
 
     /// Sends a GET, following up to the configured number of redirects,
-    /// each vetted like the first URL.
+    /// each vetted like the first URL. A redirect to a URL with a user name
+    /// or password is rejected, not followed.
     pub async fn get(&self, url: Url) -> Sent {
         self.get_with_headers(url, HeaderMap::new()).await
     }
@@ -403,6 +421,8 @@ fn find_denied(error: &reqwest::Error) -> Option<Denied> {
 }
 
 /// Resolves a redirect's Location against the URL that returned it.
+/// Returns the message for the customer when the target is not http(s) or
+/// has a user name or password.
 fn next_hop(current: &Url, location: &reqwest::header::HeaderValue) -> Result<Url, String> {
     let location = location
         .to_str()
@@ -415,6 +435,14 @@ fn next_hop(current: &Url, location: &reqwest::header::HeaderValue) -> Result<Ur
             "the source redirected to a {} URL; only http and https are followed",
             next.scheme()
         ));
+    }
+    // reqwest would send a user name and password in the URL as Basic
+    // authorization, to a host the customer did not submit.
+    if !next.username().is_empty() || next.password().is_some() {
+        return Err(
+            "the source redirected to a URL with a user name or password, which is not followed so that no credentials are sent: give the final URL, such as a pre-signed URL, without credentials"
+                .to_owned(),
+        );
     }
     Ok(next)
 }

@@ -190,16 +190,7 @@ impl Member {
     pub async fn probe(&self) -> bool {
         match &self.kind {
             MemberKind::Direct => true,
-            MemberKind::Local(ip) => {
-                let socket = if ip.is_ipv4() {
-                    tokio::net::TcpSocket::new_v4()
-                } else {
-                    tokio::net::TcpSocket::new_v6()
-                };
-                socket
-                    .and_then(|socket| socket.bind((*ip, 0).into()))
-                    .is_ok()
-            }
+            MemberKind::Local(ip) => bind_source(*ip).is_ok(),
             MemberKind::Proxy { host, port } => {
                 let connect = tokio::net::TcpStream::connect((host.as_str(), *port));
                 matches!(
@@ -223,6 +214,22 @@ impl Member {
             consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Binds a TCP socket to `ip` on a port the system picks, then closes it.
+/// Binding sends no traffic. It fails with `AddrNotAvailable` when no
+/// interface of this host has the address.
+///
+/// NOTE: with the Linux sysctl `net.ipv4.ip_nonlocal_bind` (or
+/// `net.ipv6.ip_nonlocal_bind`) set to 1, binding succeeds for any address,
+/// so this check passes for an address the host does not own.
+pub(crate) fn bind_source(ip: IpAddr) -> std::io::Result<()> {
+    let socket = if ip.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind((ip, 0).into())
 }
 
 /// Counts one request in flight through a member while it lives.
@@ -249,6 +256,23 @@ mod tests {
         assert_eq!(proxy.name(), "proxy:egress-1.internal:3128");
         let v6: MemberSpec = "local:2001:db8::10".parse().unwrap();
         assert_eq!(v6, MemberSpec::Local("2001:db8::10".parse().unwrap()));
+    }
+
+    #[test]
+    fn bind_source_accepts_loopback_address() {
+        bind_source("127.0.0.11".parse().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn bind_source_rejects_address_host_lacks() {
+        // A documentation address, which no interface of a test host has.
+        // Only a bind is attempted, so nothing is sent.
+        let error = bind_source("203.0.113.10".parse().unwrap()).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::AddrNotAvailable,
+            "{error}"
+        );
     }
 
     #[test]

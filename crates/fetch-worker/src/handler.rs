@@ -80,7 +80,7 @@ impl Handler for FetchHandler {
         let give_up = incoming.redeliveries >= self.give_up_after;
         let finished = join_all(jobs.into_iter().map(|job| self.run(job, give_up))).await;
         // The message returns to the queue if any of its jobs could not be
-        // recorded; on redelivery, the jobs already recorded are stale.
+        // recorded. On redelivery, the jobs already recorded are stale.
         if finished.contains(&false) {
             Disposition::Requeue
         } else if give_up {
@@ -92,8 +92,8 @@ impl Handler for FetchHandler {
 }
 
 impl FetchHandler {
-    /// Runs one job of a message; returns whether its outcome, if any, is
-    /// recorded.
+    /// Runs one job of a message and returns whether its outcome, if any,
+    /// is recorded.
     async fn run(&self, job: FetchJob, give_up: bool) -> bool {
         let span = tracing::info_span!(
             "fetch",

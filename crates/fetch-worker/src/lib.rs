@@ -63,8 +63,8 @@ pub struct FetchWorkerConfig {
     #[arg(long, env = "ATTACHE_ADMIN_ADDR", default_value = "127.0.0.1:9081")]
     pub admin_addr: SocketAddr,
 
-    /// Fetches in flight at once; also the broker prefetch, in messages,
-    /// each of which carries one fetch or a group of one task's fetches.
+    /// Fetches in flight at once. Also the broker prefetch, in messages, and
+    /// a message carries one fetch or a group of one task's fetches.
     #[arg(long, env = "ATTACHE_FETCH_CONCURRENCY", default_value_t = 32)]
     pub fetch_concurrency: u16,
 

@@ -40,7 +40,7 @@ pub static FETCH_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric names are unique and valid")
 });
 
-/// Fetches holding a fetch slot: streaming from a source into the store.
+/// Fetches that hold a fetch slot, streaming from a source into the store.
 pub static FETCHES_IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "attache_fetches_in_flight",

@@ -23,8 +23,14 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// Builds the JSON API media URL of an object.
+/// Builds the JSON API media URL of an object. The object name must not be
+/// `.` or `..`, which the URI parser rejects: the URL parser would collapse
+/// such a segment and read the bucket instead.
 pub fn object_url(endpoint: &Url, bucket: &str, object: &str) -> Url {
+    debug_assert!(
+        !matches!(object, "." | ".."),
+        "gs:// parsing rejects the object names . and .."
+    );
     let base = endpoint.as_str().trim_end_matches('/');
     let bucket = utf8_percent_encode(bucket, SEGMENT);
     let object = utf8_percent_encode(object, SEGMENT);

@@ -4,7 +4,9 @@
 use url::Url;
 
 use super::https::{check_default_port, decode_path_part, has_query, path_without_slash};
-use super::{AttachmentRef, UriError, first_disallowed_char, starts_and_ends_alphanumeric};
+use super::{
+    AttachmentRef, UriError, count_of, first_disallowed_char, starts_and_ends_alphanumeric,
+};
 
 /// The host suffix of the Blob Storage endpoints in Azure's public cloud.
 const BLOB_HOST_SUFFIX: &str = ".blob.core.windows.net";
@@ -97,8 +99,8 @@ fn check_container(container: &str) -> Result<(), UriError> {
     }
     if !(3..=63).contains(&container.len()) {
         return Err(UriError::invalid(format!(
-            "the Azure container name has {} characters, but container names have 3 to 63: {fix}",
-            container.len()
+            "the Azure container name has {}, but container names have 3 to 63: {fix}",
+            count_of(container.len(), "character")
         )));
     }
     if !starts_and_ends_alphanumeric(container) || container.contains("--") {
@@ -110,8 +112,9 @@ fn check_container(container: &str) -> Result<(), UriError> {
     Ok(())
 }
 
-/// Checks the decoded blob name: not empty, not a folder, no control
-/// characters, at most 1024 characters and 254 segments.
+/// Checks the decoded blob name: not empty, not a folder, no empty, `.` or
+/// `..` segment, no control characters, at most 1024 characters and 254
+/// segments.
 fn check_blob(blob: &str) -> Result<(), UriError> {
     if blob.is_empty() {
         return Err(UriError::invalid(format!(
@@ -125,6 +128,7 @@ fn check_blob(blob: &str) -> Result<(), UriError> {
              name a file, as in {AZURE_EXAMPLE}"
         )));
     }
+    check_blob_segments(blob)?;
     // ASCII control characters were rejected while decoding. Azure also
     // rejects Unicode control characters, such as U+0081.
     if blob.chars().any(char::is_control) {
@@ -148,4 +152,28 @@ fn check_blob(blob: &str) -> Result<(), UriError> {
         )));
     }
     Ok(())
+}
+
+/// Rejects an empty, `.` or `..` segment in the decoded blob name. The blob
+/// name goes into the request URL as path segments, and the URL parser
+/// resolves `.` and `..` (also when percent-encoded), so such a name would
+/// read another blob, another container or, with a path-style endpoint,
+/// another account.
+fn check_blob_segments(blob: &str) -> Result<(), UriError> {
+    let Some(segment) = blob
+        .split('/')
+        .find(|segment| matches!(*segment, "" | "." | ".."))
+    else {
+        return Ok(());
+    };
+    let named = if segment.is_empty() {
+        "an empty path segment (a leading `/` or two adjacent `/`)".to_owned()
+    } else {
+        format!("the path segment `{segment}`")
+    };
+    Err(UriError::invalid(format!(
+        "the Azure blob name contains {named} after percent-decoding, which Attaché does \
+         not accept because the request would read another path: name the blob by its \
+         exact path, as in {AZURE_EXAMPLE}"
+    )))
 }

@@ -1,8 +1,8 @@
 //! The `gs://bucket/object` form and the Google Cloud Storage naming rules.
 
 use super::{
-    AttachmentRef, UriError, first_disallowed_char, looks_like_ipv4, split_bucket_and_name,
-    starts_and_ends_alphanumeric,
+    AttachmentRef, UriError, count_of, first_disallowed_char, looks_like_ipv4,
+    split_bucket_and_name, starts_and_ends_alphanumeric,
 };
 
 /// Maximum length of a GCS object name in bytes (UTF-8).
@@ -75,9 +75,9 @@ fn check_bucket_length(bucket: &str, fix: &str) -> Result<(), UriError> {
     if !bucket.contains('.') {
         if !(3..=63).contains(&bucket.len()) {
             return Err(UriError::invalid(format!(
-                "the GCS bucket name has {} characters, but GCS bucket names without dots \
+                "the GCS bucket name has {}, but GCS bucket names without dots \
                  have 3 to 63: {fix}",
-                bucket.len()
+                count_of(bucket.len(), "character")
             )));
         }
         return Ok(());
@@ -85,9 +85,9 @@ fn check_bucket_length(bucket: &str, fix: &str) -> Result<(), UriError> {
 
     if !(3..=222).contains(&bucket.len()) {
         return Err(UriError::invalid(format!(
-            "the GCS bucket name has {} characters, but dotted GCS bucket names have \
+            "the GCS bucket name has {}, but dotted GCS bucket names have \
              3 to 222: {fix}",
-            bucket.len()
+            count_of(bucket.len(), "character")
         )));
     }
     // A dotted name is a domain name, so an empty part (two adjacent dots) is

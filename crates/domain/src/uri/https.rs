@@ -8,7 +8,22 @@ use url::{Host, Url};
 use super::{AttachmentRef, UriError, azure, s3_url};
 
 /// Parses an input whose scheme is `http` or `https`, in any case.
-pub(super) fn parse_http_url(input: &str) -> Result<AttachmentRef, UriError> {
+/// `scheme` is the lowercased scheme and `after_slashes` the text after
+/// `scheme://`.
+pub(super) fn parse_http_url(
+    input: &str,
+    scheme: &str,
+    after_slashes: &str,
+) -> Result<AttachmentRef, UriError> {
+    // The URL parser skips any number of slashes and backslashes after
+    // `http:` and reads `http:///a` as host `a`, so the host must follow
+    // `//` as written.
+    if after_slashes.starts_with(['/', '\\']) {
+        return Err(UriError::invalid(format!(
+            "the URL has no host, because `{scheme}://` is followed by another slash or a \
+             backslash: write it as {scheme}://host/path/to/file"
+        )));
+    }
     let mut url = Url::parse(input).map_err(|error| match error {
         url::ParseError::EmptyHost => {
             UriError::invalid("the URL has no host: write it as https://host/path/to/file")
@@ -26,6 +41,13 @@ pub(super) fn parse_http_url(input: &str) -> Result<AttachmentRef, UriError> {
     // The fragment never reaches the server, so it cannot change what is
     // fetched.
     url.set_fragment(None);
+
+    if url.port() == Some(0) {
+        return Err(UriError::invalid(
+            "the URL names port 0, which no server listens on: remove the port, or give \
+             the port the server listens on",
+        ));
+    }
 
     let host = match url.host() {
         Some(Host::Domain(domain)) => domain.to_owned(),

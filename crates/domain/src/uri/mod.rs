@@ -23,6 +23,15 @@
 //! - An empty key or a key ending in `/` is rejected: the first names a
 //!   bucket, the second a folder, and neither is a file to fetch. A key of
 //!   only spaces is accepted because S3 and GCS allow it.
+//! - An S3 key may contain `.` and `..` segments, such as `a/../b`, because
+//!   S3 stores them as literal names. An Azure blob name may not contain an
+//!   empty, `.` or `..` segment after percent-decoding, because the request
+//!   URL carries the name as path segments and a URL parser would resolve
+//!   them into the path of another blob or container.
+//! - An http or https URL needs a host right after `//`. The URL parser
+//!   reads `http:///host/x` as host `host`, so a third slash or a backslash
+//!   there is rejected before parsing. Port 0 is rejected because no server
+//!   listens on it.
 //! - NOTE: the input may not start or end with whitespace, so a key that ends
 //!   in a space (a spaces-only key included) can be given only
 //!   percent-encoded in an S3 https URL. For GCS there is no such form yet.
@@ -82,6 +91,17 @@ impl Provider {
             Self::Gcs => "gcs",
             Self::AzureBlob => "azure_blob",
             Self::Http => "http",
+        }
+    }
+
+    /// Returns the provider's name for messages, with its indefinite
+    /// article, as in "the URI is an S3 URI".
+    pub fn name_with_article(self) -> &'static str {
+        match self {
+            Self::S3 => "an S3",
+            Self::Gcs => "a GCS",
+            Self::AzureBlob => "an Azure Blob Storage",
+            Self::Http => "an http or https",
         }
     }
 }
@@ -198,7 +218,7 @@ pub fn parse(input: &str) -> Result<AttachmentRef, UriError> {
     match scheme.as_str() {
         "s3" => s3::parse_s3_uri(rest),
         "gs" => gcs::parse_gs_uri(rest),
-        _ => https::parse_http_url(input),
+        _ => https::parse_http_url(input, &scheme, rest),
     }
 }
 
@@ -286,6 +306,16 @@ fn looks_like_ipv4(name: &str) -> bool {
         && parts
             .iter()
             .all(|part| (1..=3).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Returns `count` followed by `noun`, in the plural unless `count` is 1,
+/// as in "1 character" or "2 characters".
+fn count_of(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
 }
 
 /// Returns the first character of `name` that `allowed` rejects, escaped so

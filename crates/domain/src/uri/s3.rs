@@ -2,8 +2,8 @@
 //! https forms in `s3_url` share.
 
 use super::{
-    AttachmentRef, UriError, first_disallowed_char, looks_like_ipv4, split_bucket_and_name,
-    starts_and_ends_alphanumeric,
+    AttachmentRef, UriError, count_of, first_disallowed_char, looks_like_ipv4,
+    split_bucket_and_name, starts_and_ends_alphanumeric,
 };
 
 /// Maximum length of an S3 object key in bytes (UTF-8).
@@ -49,8 +49,8 @@ pub(super) fn check_bucket(bucket: &str) -> Result<(), UriError> {
     }
     if !(3..=63).contains(&bucket.len()) {
         return Err(UriError::invalid(format!(
-            "the S3 bucket name has {} characters, but S3 bucket names have 3 to 63: {fix}",
-            bucket.len()
+            "the S3 bucket name has {}, but S3 bucket names have 3 to 63: {fix}",
+            count_of(bucket.len(), "character")
         )));
     }
     if !starts_and_ends_alphanumeric(bucket) {

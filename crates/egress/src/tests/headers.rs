@@ -1,5 +1,6 @@
-//! Request headers across redirects: a credential goes only to the first
-//! URL's origin.
+//! Credentials across redirects: request headers go only to the first
+//! URL's origin, and a redirect to a URL with a user name or password is
+//! rejected.
 
 use std::sync::Arc;
 
@@ -10,7 +11,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 
-use super::servers::pool;
+use super::servers::{Recorder, pool};
+use crate::SendError;
 use crate::resolver::SystemLookup;
 
 #[derive(serde::Deserialize)]
@@ -69,4 +71,30 @@ async fn headers_dropped_on_cross_origin_redirect() {
     let first = start_server().await;
     let other = start_server().await;
     assert_eq!(authorization_seen(&first, &other).await, "");
+}
+
+#[tokio::test]
+async fn redirect_with_credentials_is_rejected() {
+    let first = Recorder::start(None).await;
+    let target = Recorder::start(None).await;
+    let egress = pool(&[], Arc::new(SystemLookup));
+    for userinfo in ["user:pw@", "user@", ":pw@"] {
+        let mut url = first.url("/redirect");
+        let to = format!("http://{userinfo}{}/record", target.addr);
+        url.query_pairs_mut().append_pair("to", &to);
+
+        let sent = egress.get(url).await;
+        let message = match sent.result {
+            Err(SendError::Redirect(message)) => message,
+            other => panic!("{to}: expected a rejected redirect, got {:?}", other.err()),
+        };
+        assert!(message.contains("user name or password"), "{message}");
+        assert!(message.contains("give the final URL"), "{message}");
+        assert!(
+            !message.contains("pw"),
+            "the message leaks the password: {message}"
+        );
+        assert_eq!(sent.member.as_deref(), Some("direct"));
+    }
+    assert!(target.peers().is_empty(), "{:?}", target.peers());
 }

@@ -10,10 +10,11 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 
 use super::proxy;
-use super::servers::{Recorder, ScriptedLookup, closed_port, pool};
+use super::servers::{Recorder, ScriptedLookup, closed_port, pool, settings};
 use crate::guard::AddressClass;
+use crate::member::MemberSpec;
 use crate::resolver::SystemLookup;
-use crate::{SendError, Sent};
+use crate::{ConfigError, Egress, EgressArgs, SendError, Sent};
 
 const MEMBER_IPS: [&str; 5] = [
     "127.0.0.11",
@@ -218,4 +219,34 @@ async fn proxy_member_still_vets_the_destination() {
     assert_eq!(denied_class(&by_name), Some(AddressClass::Private));
     let by_literal = post(&egress, "http://[fd00::1]/x".parse().unwrap()).await;
     assert_eq!(denied_class(&by_literal), Some(AddressClass::UniqueLocal));
+}
+
+#[test]
+fn local_member_the_host_lacks_fails_the_start() {
+    // 203.0.113.10 is a documentation address that no interface of a test
+    // host has; building the pool only binds a socket to it.
+    let members: Vec<MemberSpec> = ["local:127.0.0.11", "local:203.0.113.10"]
+        .iter()
+        .map(|text| text.parse().unwrap())
+        .collect();
+    let args = EgressArgs {
+        egress_members: members,
+        egress_allow_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
+        egress_failure_threshold: 3,
+        ..EgressArgs::default()
+    };
+
+    let error = match Egress::with_lookup(&args, &settings(), Arc::new(SystemLookup)) {
+        Ok(_) => panic!("the pool was built with an address this host lacks"),
+        Err(error) => error,
+    };
+    let ConfigError::LocalAddress { address, source } = &error else {
+        panic!("expected a local address error, got {error}");
+    };
+    assert_eq!(address.to_string(), "203.0.113.10");
+    assert_eq!(source.kind(), std::io::ErrorKind::AddrNotAvailable);
+    let message = error.to_string();
+    assert!(message.contains("ATTACHE_EGRESS_MEMBERS"), "{message}");
+    assert!(message.contains("local:203.0.113.10"), "{message}");
+    assert!(message.contains("assign the address"), "{message}");
 }

@@ -130,8 +130,8 @@ impl Fetcher for AzureFetcher {
                 object: Err(FetchError::new(
                     ErrorCode::UnsupportedScheme,
                     format!(
-                        "the Blob Storage fetcher cannot fetch a {} reference",
-                        other.provider()
+                        "the Blob Storage fetcher cannot fetch {} reference",
+                        other.provider().name_with_article()
                     ),
                 )),
             },

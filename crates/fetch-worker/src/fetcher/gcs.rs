@@ -118,8 +118,8 @@ impl Fetcher for GcsFetcher {
                 object: Err(FetchError::new(
                     ErrorCode::UnsupportedScheme,
                     format!(
-                        "the Cloud Storage fetcher cannot fetch a {} reference",
-                        other.provider()
+                        "the Cloud Storage fetcher cannot fetch {} reference",
+                        other.provider().name_with_article()
                     ),
                 )),
             },

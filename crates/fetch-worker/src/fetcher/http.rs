@@ -35,8 +35,8 @@ impl Fetcher for HttpFetcher {
             let error = FetchError::new(
                 ErrorCode::UnsupportedScheme,
                 format!(
-                    "the HTTP fetcher cannot fetch a {} reference",
-                    request.reference.provider()
+                    "the HTTP fetcher cannot fetch {} reference",
+                    request.reference.provider().name_with_article()
                 ),
             );
             return Opened {

@@ -98,8 +98,8 @@ impl Fetcher for S3Fetcher {
             other => Err(FetchError::new(
                 ErrorCode::UnsupportedScheme,
                 format!(
-                    "the S3 fetcher cannot fetch a {} reference",
-                    other.provider()
+                    "the S3 fetcher cannot fetch {} reference",
+                    other.provider().name_with_article()
                 ),
             )),
         };

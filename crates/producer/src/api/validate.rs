@@ -141,7 +141,7 @@ fn callback_url(value: Option<&Value>, policy: &DestinationPolicy) -> Result<Str
     // The URL parser reads `http:///x` as host `x`; require the host to
     // follow `//` as written.
     let after_scheme = &text[url.scheme().len() + 1..];
-    if !after_scheme.starts_with("//") || after_scheme[2..].starts_with('/') {
+    if !after_scheme.starts_with("//") || after_scheme[2..].starts_with(['/', '\\']) {
         return Err(invalid("has no host"));
     }
     if url.host_str().is_none_or(str::is_empty) {

@@ -269,6 +269,43 @@ pub(super) fn cases() -> Vec<(String, Expected)> {
         ("https://acct.blob.core.windows.net/ab/f", INVALID),
         ("https://ab.blob.core.windows.net/container/f", INVALID),
         ("https://my-acct.blob.core.windows.net/container/f", INVALID),
+        // A decoded blob name may not contain an empty, `.` or `..` segment,
+        // because the request URL would resolve it into another path.
+        (
+            "https://acct.blob.core.windows.net/container/a%2F..%2F..%2F..%2Fvictim%2Fprivate%2Fsecret.txt",
+            INVALID,
+        ),
+        (
+            "https://acct.blob.core.windows.net/container/..%2Fother%2Ff",
+            INVALID,
+        ),
+        (
+            "https://acct.blob.core.windows.net/container/a%2F.%2Fb",
+            INVALID,
+        ),
+        (
+            "https://acct.blob.core.windows.net/container/a%2F%2Fb",
+            INVALID,
+        ),
+        ("https://acct.blob.core.windows.net/container/a//b", INVALID),
+        ("https://acct.blob.core.windows.net/container//x", INVALID),
+        (
+            "https://acct.blob.core.windows.net/container/%2E%2E",
+            INVALID,
+        ),
+        (
+            "https://acct.blob.core.windows.net/container/...",
+            azure("acct", "container", "..."),
+        ),
+        (
+            "https://acct.blob.core.windows.net/container/.hidden/a..b",
+            azure("acct", "container", ".hidden/a..b"),
+        ),
+        // S3 stores `.` and `..` segments as literal key names.
+        (
+            "https://bucket.s3.amazonaws.com/a%2F..%2Fb",
+            s3("bucket", "a/../b"),
+        ),
         (
             "https://acct.blob.core.windows.net.evil.com/c/f",
             http("https://acct.blob.core.windows.net.evil.com/c/f"),
@@ -288,6 +325,23 @@ pub(super) fn cases() -> Vec<(String, Expected)> {
         ("https://user:pass@example.com/f", INVALID),
         ("https://user@example.com/f", INVALID),
         ("https://", INVALID),
+        // The host must follow `//` as written, although the URL parser
+        // skips extra slashes and backslashes.
+        ("http:///127.0.0.1:18490/report.txt", INVALID),
+        ("http:///a", INVALID),
+        ("https:///a", INVALID),
+        ("HTTPS:///a", INVALID),
+        ("https:////a", INVALID),
+        ("http://\\a/b", INVALID),
+        ("https:///", INVALID),
+        // No server listens on port 0.
+        ("http://127.0.0.1:0/a", INVALID),
+        ("http://example.com:00/a", INVALID),
+        ("https://[::1]:0/x", INVALID),
+        (
+            "http://example.com:8080/a",
+            http("http://example.com:8080/a"),
+        ),
         ("https://exa mple.com/f", INVALID),
         ("https:example.com/f", INVALID),
         // Rules for every input.

@@ -120,3 +120,79 @@ fn reference_reports_provider() {
         assert_eq!(reference.provider(), provider, "{input}");
     }
 }
+
+#[test]
+fn http_url_needs_host_after_two_slashes() {
+    for input in [
+        "http:///127.0.0.1:18490/report.txt",
+        "https:///a",
+        "http://\\a/b",
+    ] {
+        let error = parse(input).unwrap_err();
+        assert_eq!(error.code(), ErrorCode::InvalidUri, "{input}");
+        assert!(
+            error.message().contains("no host"),
+            "{input}: {}",
+            error.message()
+        );
+    }
+}
+
+#[test]
+fn http_url_port_zero_is_rejected() {
+    let error = parse("http://127.0.0.1:0/a").unwrap_err();
+    assert_eq!(error.code(), ErrorCode::InvalidUri);
+    assert!(error.message().contains("port 0"), "{}", error.message());
+}
+
+#[test]
+fn azure_blob_dot_segment_is_named() {
+    let error = parse(
+        "https://acct.blob.core.windows.net/container/a%2F..%2F..%2F..%2Fvictim%2Fprivate%2Fsecret.txt",
+    )
+    .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::InvalidUri);
+    assert!(
+        error.message().contains("Azure blob name"),
+        "{}",
+        error.message()
+    );
+    assert!(error.message().contains("`..`"), "{}", error.message());
+
+    let error = parse("https://acct.blob.core.windows.net/container/a//b").unwrap_err();
+    assert!(
+        error.message().contains("empty path segment"),
+        "{}",
+        error.message()
+    );
+}
+
+#[test]
+fn one_character_names_are_singular() {
+    let inputs = [
+        "s3://a/k",
+        "gs://a/o",
+        "gs://./o",
+        "https://acct.blob.core.windows.net/a/f",
+    ];
+    for input in inputs {
+        let message = parse(input).unwrap_err().message().to_owned();
+        assert!(message.contains("has 1 character,"), "{input}: {message}");
+        assert!(!message.contains("1 characters"), "{input}: {message}");
+    }
+    let message = parse("s3://ab/k").unwrap_err().message().to_owned();
+    assert!(message.contains("has 2 characters,"), "{message}");
+}
+
+#[test]
+fn provider_names_with_article() {
+    let names = [
+        (Provider::S3, "an S3"),
+        (Provider::Gcs, "a GCS"),
+        (Provider::AzureBlob, "an Azure Blob Storage"),
+        (Provider::Http, "an http or https"),
+    ];
+    for (provider, name) in names {
+        assert_eq!(provider.name_with_article(), name);
+    }
+}

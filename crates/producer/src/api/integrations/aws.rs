@@ -236,8 +236,8 @@ fn parse_verify(body: &[u8]) -> Result<(String, String), ApiError> {
             "invalid_uri",
             "uri",
             format!(
-                "this checks S3 access, but the URI is a {} URI: give an s3://bucket/key URI",
-                other.provider()
+                "this checks S3 access, but the URI is {} URI: give an s3://bucket/key URI",
+                other.provider().name_with_article()
             ),
         )),
         Err(error) => Err(ApiError::field("invalid_uri", "uri", error.message())),

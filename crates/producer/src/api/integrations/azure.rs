@@ -333,8 +333,8 @@ fn parse_verify(body: &[u8]) -> Result<(String, String, String, String), ApiErro
             "invalid_uri",
             "uri",
             format!(
-                "this checks Azure Blob Storage access, but the URI is a {} URI: give a https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB URL",
-                other.provider()
+                "this checks Azure Blob Storage access, but the URI is {} URI: give an https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB URL",
+                other.provider().name_with_article()
             ),
         )),
         Err(error) => Err(ApiError::field("invalid_uri", "uri", error.message())),

@@ -225,8 +225,8 @@ fn parse_verify(body: &[u8]) -> Result<(String, String), ApiError> {
             "invalid_uri",
             "uri",
             format!(
-                "this checks Cloud Storage access, but the URI is a {} URI: give a gs://bucket/object URI",
-                other.provider()
+                "this checks Cloud Storage access, but the URI is {} URI: give a gs://bucket/object URI",
+                other.provider().name_with_article()
             ),
         )),
         Err(error) => Err(ApiError::field("invalid_uri", "uri", error.message())),
