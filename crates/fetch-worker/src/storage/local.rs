@@ -3,23 +3,30 @@
 //! An upload goes to a hidden temporary file beside its final path, is
 //! synced, then renamed over the final path, and the directory is synced, so
 //! a reader sees either no object or the whole object, also after a crash,
-//! and a committed object survives one.
+//! and a committed object survives one. Commits into one directory at once
+//! share its syncs (see [`super::directory_sync`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::directory_sync::DirectorySyncs;
 use super::{AttachmentStore, Upload};
 
 /// Keeps objects as files under a root directory.
 pub struct LocalDirStore {
     root: PathBuf,
+    syncs: Arc<DirectorySyncs>,
 }
 
 impl LocalDirStore {
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self {
+            root,
+            syncs: Arc::default(),
+        }
     }
 
     /// Deletes temporary files older than `max_age`, which uploads of a
@@ -90,6 +97,7 @@ impl AttachmentStore for LocalDirStore {
             .to_string_lossy();
         let temporary = parent.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
         Ok(Box::new(LocalUpload {
+            syncs: self.syncs.clone(),
             parent,
             temporary,
             path,
@@ -109,6 +117,7 @@ const BUFFER_BYTES: usize = 64 * 1024;
 /// write, and an object smaller than the buffer is created, written, synced
 /// and renamed in a single hand-off at commit.
 struct LocalUpload {
+    syncs: Arc<DirectorySyncs>,
     parent: PathBuf,
     temporary: PathBuf,
     path: PathBuf,
@@ -129,10 +138,11 @@ impl LocalUpload {
         let buffer = std::mem::take(&mut self.buffer);
         let parent = self.parent.clone();
         let temporary = self.temporary.clone();
+        let syncs = self.syncs.clone();
         let (file, mut buffer, result) = tokio::task::spawn_blocking(move || {
             let mut file = match file {
                 Some(file) => file,
-                None => match create(&parent, &temporary) {
+                None => match create(&syncs, &parent, &temporary) {
                     Ok(file) => file,
                     Err(error) => return (None, buffer, Err(error)),
                 },
@@ -152,7 +162,11 @@ impl LocalUpload {
 /// Creates the temporary file, and the missing directories above it. Each
 /// new directory's entry is synced in its parent, so a committed object's
 /// path survives a crash, not only its last component.
-fn create(parent: &Path, temporary: &Path) -> std::io::Result<std::fs::File> {
+fn create(
+    syncs: &DirectorySyncs,
+    parent: &Path,
+    temporary: &Path,
+) -> std::io::Result<std::fs::File> {
     let mut missing = Vec::new();
     let mut directory = parent;
     while !directory.exists() {
@@ -165,7 +179,7 @@ fn create(parent: &Path, temporary: &Path) -> std::io::Result<std::fs::File> {
     std::fs::create_dir_all(parent)?;
     for created in missing.iter().rev() {
         if let Some(above) = created.parent() {
-            std::fs::File::open(above)?.sync_all()?;
+            syncs.sync_after_change(above)?;
         }
     }
     std::fs::File::create(temporary)
@@ -186,12 +200,13 @@ impl Upload for LocalUpload {
         let parent = self.parent.clone();
         let temporary = self.temporary.clone();
         let path = self.path.clone();
+        let syncs = self.syncs.clone();
         self.with_file(move |file, buffer| {
             file.write_all(buffer)?;
             file.sync_all()?;
             std::fs::rename(&temporary, &path)?;
             // The rename is durable only once the directory is synced.
-            std::fs::File::open(&parent)?.sync_all()
+            syncs.sync_after_change(&parent)
         })
         .await?;
         self.committed = true;

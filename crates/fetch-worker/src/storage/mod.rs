@@ -5,6 +5,7 @@
 //! local directory store is the only implementation; another backend, such
 //! as a bucket of our own, would implement the same two traits.
 
+mod directory_sync;
 mod local;
 
 use async_trait::async_trait;
