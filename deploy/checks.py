@@ -39,6 +39,7 @@ ATTACHE_METRICS = {
     "attache_jobs_consumed_total",
     "attache_jobs_dead_lettered_total",
     "attache_fetches_total",
+    "attache_fetches_in_flight",
     "attache_fetch_bytes_total",
     "attache_callback_attempts_total",
     "attache_egress_requests_total",
