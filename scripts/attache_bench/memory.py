@@ -29,7 +29,7 @@ class MemoryRun:
     # Whether the scenario streams one attachment, which has a target for
     # the peak above idle.
     one_stream: bool = False
-    # The maximum number of fetch jobs in flight, from polling the worker's gauge.
+    # The maximum number of fetches in flight, from polling the worker's gauge.
     max_in_flight: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -134,7 +134,7 @@ def watch_in_flight(ctx: Context, admin_url: str, tasks: int) -> int:
     deadline = time.monotonic() + ctx.settings.phase_timeout
     while fleet.receiver_stats(ctx.receiver.url)["unique_tasks"] < tasks:
         samples = fleet.scrape(admin_url)
-        highest = max(highest, int(samples.get('attache_jobs_in_flight{queue="fetch"}', 0)))
+        highest = max(highest, int(samples.get("attache_fetches_in_flight", 0)))
         if time.monotonic() > deadline:
             raise DemoError(
                 f"the parallel fetches did not finish within {ctx.settings.phase_timeout:.0f} s:"

@@ -82,18 +82,18 @@ class ProfileProbe:
 
     def _poll_in_flight(self) -> None:
         while not self.stopped.wait(1.0):
-            for kind, names in (
-                ("fetch", self.fleet.fetch_workers),
-                ("callback", ["callback-worker"]),
+            # A fetch message may carry several fetches, so fetches are
+            # counted by their own gauge, callbacks by their jobs.
+            for kind, names, gauge in (
+                ("fetch", self.fleet.fetch_workers, "attache_fetches_in_flight"),
+                ("callback", ["callback-worker"], 'attache_jobs_in_flight{queue="callback"}'),
             ):
                 try:
                     samples = [fleet.scrape(self.fleet.admin_url(name)) for name in names]
                 except (DemoError, OSError):
                     # A missed sample only thins the mean.
                     continue
-                total = sum(
-                    s.get(f'attache_jobs_in_flight{{queue="{kind}"}}', 0.0) for s in samples
-                )
+                total = sum(s.get(gauge, 0.0) for s in samples)
                 self.in_flight[kind].append(total)
 
     def _mean_seconds(self, names: list[str], metric: str) -> float:

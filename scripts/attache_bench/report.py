@@ -320,14 +320,14 @@ def _memory(results: Results) -> str:
         " peak resident set"
         " of the process's life, from /proc/PID/status. For the parallel scenario the"
         " worker is stopped with SIGSTOP while the tasks are submitted and published,"
-        " so every job reaches it at once; the highest `attache_jobs_in_flight` seen is"
-        " listed. The S3 scenario reads one object from moto, uploaded in parts before the"
+        " so every job reaches it at once; the highest `attache_fetches_in_flight` seen"
+        " is listed. The S3 scenario reads one object from moto, uploaded in parts before the"
         " fleet starts, with a team's role assumed through the STS front, so its seconds"
         " include the AssumeRole call and the time moto, a Python server, takes to serve"
         " the object.",
         "",
         "| scenario | idle RSS MiB | peak RSS MiB | above idle MiB | seconds | MiB/s"
-        " | most jobs in flight |",
+        " | most fetches in flight |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in results.memory:
@@ -380,8 +380,8 @@ def _profile(results: Results) -> str:
         f"| source / receiver CPU s per 1,000 attachments | {per_thousand['source']:.2f} / {per_thousand['receiver']:.2f} |",
         f"| mean fetch (GET + hash + store) from `attache_fetch_duration_seconds` | {p.fetch_mean_seconds * 1000:.1f} ms |",
         f"| same-run references: raw GET p50 + store write p50 | {refs.source_latency.p50_ms:.2f} + {refs.store_writes.p50_ms:.2f} ms |",
-        f"| mean fetch jobs in flight, sampled each second | {p.fetch_in_flight_mean:.1f} |",
-        f"| mean fetch job time by Little's law (in flight / overall rate) | {little * 1000:.1f} ms |",
+        f"| mean fetches in flight (`attache_fetches_in_flight`), sampled each second | {p.fetch_in_flight_mean:.1f} |",
+        f"| mean fetch time by Little's law (in flight / overall rate) | {little * 1000:.1f} ms |",
         f"| mean callback POST from `attache_callback_duration_seconds` | {p.callback_mean_seconds * 1000:.1f} ms |",
         f"| mean callback jobs in flight, sampled each second | {p.callback_in_flight_mean:.1f} |",
         "",

@@ -25,6 +25,37 @@ async fn publish(deployment: &Deployment, kind: QueueKind, body: Vec<u8>) {
     let _ = connection.close(200, "done".into()).await;
 }
 
+/// Publishes `job` with an `x-delivery-count` header, as RabbitMQ sets it
+/// on a message delivered `count` times before.
+async fn publish_redelivered(deployment: &Deployment, job: &JobMessage, count: i64) {
+    use lapin::options::BasicPublishOptions;
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let connection = lapin::Connection::connect(&deployment.amqp_url, Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(count));
+    channel
+        .basic_publish(
+            "".into(),
+            deployment
+                .topology
+                .work_queue(QueueKind::Fetch)
+                .as_str()
+                .into(),
+            BasicPublishOptions::default(),
+            &job.encode(),
+            lapin::BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn undecodable_messages_are_dead_lettered() {
     let deployment = Deployment::start(Options::default()).await;
@@ -104,9 +135,6 @@ async fn duplicate_and_unknown_jobs_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn job_delivered_too_often_fails_for_good() {
-    use lapin::options::BasicPublishOptions;
-    use lapin::types::{AMQPValue, FieldTable};
-
     let deployment = Deployment::start(Options::default()).await;
     let receiver = Receiver::start([]).await;
     // A task written straight to the database, without an outbox row, so
@@ -132,33 +160,11 @@ async fn job_delivered_too_often_fails_for_good() {
 
     // The job claims to have been delivered as often as the queue allows,
     // as after repeated worker crashes.
-    let connection = lapin::Connection::connect(&deployment.amqp_url, Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let mut headers = FieldTable::default();
-    headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(5));
     let job = JobMessage::Fetch(FetchJob {
         attachment_id,
         attempt: 0,
     });
-    channel
-        .basic_publish(
-            "".into(),
-            deployment
-                .topology
-                .work_queue(QueueKind::Fetch)
-                .as_str()
-                .into(),
-            BasicPublishOptions::default(),
-            &job.encode(),
-            lapin::BasicProperties::default().with_headers(headers),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let _ = connection.close(200, "done".into()).await;
+    publish_redelivered(&deployment, &job, 5).await;
 
     let payload = receiver.wait_for(1).await[0].json();
     assert_eq!(payload["data"]["status"], "failed");
@@ -239,5 +245,78 @@ async fn redelivered_group_skips_recorded_jobs() {
     );
     assert_eq!(source.hits("b.txt"), 1);
     assert_eq!(source.hits("c.txt"), 1);
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn given_up_group_spares_retried_jobs() {
+    let deployment = Deployment::start(Options::default()).await;
+    let receiver = Receiver::start([]).await;
+
+    // A task written straight to the database: its first attachment still
+    // waits for its first attempt, its second had one and waits for a
+    // retry, which another job carries.
+    let task_id = TaskId::new();
+    let ids = [AttachmentId::new(), AttachmentId::new()];
+    let database = deployment.database().await;
+    database
+        .execute(
+            "INSERT INTO tasks (id, team_id, callback_url, request_hash) VALUES ($1, $2, $3, '')",
+            &[&task_id.0, &deployment.team.team_id.0, &receiver.url()],
+        )
+        .await
+        .unwrap();
+    for (position, id) in ids.iter().enumerate() {
+        database
+            .execute(
+                "INSERT INTO attachments (id, task_id, position, uri, provider, attempts)
+                 VALUES ($1, $2, $3, 'http://127.0.0.1:9/never', 'http', $3)",
+                &[&id.0, &task_id.0, &(position as i32)],
+            )
+            .await
+            .unwrap();
+    }
+
+    let jobs = ids
+        .iter()
+        .map(|&attachment_id| FetchJob {
+            attachment_id,
+            attempt: 0,
+        })
+        .collect();
+    let group = JobMessage::FetchGroup(FetchGroupJob { task_id, jobs });
+    publish_redelivered(&deployment, &group, 5).await;
+    eventually(
+        Duration::from_secs(10),
+        "the group to be dead-lettered",
+        || async { (deployment.dead_letter_depth(QueueKind::Fetch).await == 1).then_some(()) },
+    )
+    .await;
+
+    let rows = database
+        .query(
+            "SELECT status, attempts, error_code FROM attachments WHERE task_id = $1
+             ORDER BY position",
+            &[&task_id.0],
+        )
+        .await
+        .unwrap();
+    let state = |index: usize| {
+        let row = &rows[index];
+        (
+            row.get::<_, String>(0),
+            row.get::<_, i32>(1),
+            row.get::<_, Option<String>>(2),
+        )
+    };
+    assert_eq!(
+        state(0),
+        ("failed".to_owned(), 1, Some("processing_failed".to_owned()))
+    );
+    assert_eq!(
+        state(1),
+        ("pending".to_owned(), 1, None),
+        "the retried attachment is left to its retry"
+    );
     deployment.stop().await;
 }

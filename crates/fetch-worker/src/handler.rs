@@ -122,7 +122,9 @@ impl FetchHandler {
         let Some(target) = self.store.fetch_target(job.attachment_id).await? else {
             return Ok(());
         };
-        if target.status.is_final() {
+        // A job whose attempt the row has passed is stale: a retry of the
+        // attachment is queued and decides its fate.
+        if target.status.is_final() || target.attempts != job.attempt {
             return Ok(());
         }
         tracing::error!(

@@ -144,7 +144,11 @@ impl Store {
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
             .await?;
+        // A rolling upgrade or a rollback runs this release against a
+        // database that a newer one migrated, so each migration leaves the
+        // previous release working.
         let outcome = embedded::migrations::runner()
+            .set_abort_missing(false)
             .run_async(&mut **client)
             .await;
         client

@@ -44,7 +44,7 @@ impl Store {
                      completed_at = NULL, retry_window_start = now(), replays = a.replays + 1,
                      updated_at = now()
                  FROM tasks t
-                 WHERE t.id = a.task_id AND a.status = 'failed'
+                 WHERE t.id = a.task_id AND a.status = 'failed' AND t.status <> 'succeeded'
                    AND ($1::uuid IS NULL OR t.team_id = $1)
                    AND ($2::uuid IS NULL OR a.task_id = $2)
                    AND ($3::text IS NULL OR a.error_code = $3)

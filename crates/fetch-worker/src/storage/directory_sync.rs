@@ -56,9 +56,14 @@ impl DirectorySyncs {
 
         // Forget the directory when no other call uses its state, so the
         // map does not grow with every task. A later call starts afresh and
-        // syncs.
+        // syncs. The state is released under the map lock, so of two calls
+        // that finish together, the second finds itself the last.
         let mut directories = self.lock_directories();
-        if Arc::strong_count(&state) == 2 {
+        drop(state);
+        if directories
+            .get(directory)
+            .is_some_and(|state| Arc::strong_count(state) == 1)
+        {
             directories.remove(directory);
         }
         result
