@@ -265,3 +265,59 @@ async fn task_of_several_groups_completes_once() {
     assert_eq!(receiver.received().len(), 1, "no second callback");
     deployment.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn job_waiting_for_a_slot_is_postponed() {
+    // One fetch slot, and a consumer timeout that leaves a job two seconds
+    // to get it: the worker's job deadline is the 10 s fetch timeout, the
+    // 60 s hold through a database outage and the 10 s database wait.
+    let deployment = Deployment::start(Options {
+        fetch_concurrency: 1,
+        broker_consumer_timeout: Duration::from_secs(10 + 60 + 10 + 2),
+        ..Options::default()
+    })
+    .await;
+    let slow = |body| SourceFile::new(body, "text/plain").delayed(Duration::from_secs(3));
+    let source = Source::start([("a.txt", slow("a")), ("b.txt", slow("b"))]).await;
+    let receiver = Receiver::start([]).await;
+
+    // Whichever job of the group takes the slot keeps it for three seconds.
+    // The other waits past its limit, goes back to the queue and is fetched
+    // once the slot is free.
+    let (status, accepted) = deployment
+        .submit(
+            &json!({
+                "callback_url": receiver.url(),
+                "attachments": [{"uri": source.url("a.txt")}, {"uri": source.url("b.txt")}],
+            }),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+
+    let payload = receiver.wait_for(1).await[0].json();
+    assert_eq!(payload["data"]["status"], "succeeded");
+    assert_eq!(source.hits("a.txt"), 1, "each job fetched once");
+    assert_eq!(source.hits("b.txt"), 1, "each job fetched once");
+    let attempts: Vec<i32> = deployment
+        .database()
+        .await
+        .query("SELECT attempts FROM attachments ORDER BY position", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(attempts, [1, 1], "postponing spends no attempt");
+    let metrics = reqwest::get(format!("http://{}/metrics", deployment.admin[1]))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"attache_fetches_total{code="",outcome="postponed",provider=""}"#),
+        "{metrics}"
+    );
+    deployment.stop().await;
+}

@@ -49,7 +49,13 @@ pub struct FetchHandler {
     /// Fetches that may run at once, whatever number of messages carries
     /// them.
     pub fetch_slots: Semaphore,
+    /// Max wait for a fetch slot before the job is postponed, so that a
+    /// message of many jobs is acknowledged within the consumer timeout.
+    pub slot_wait_limit: Duration,
 }
+
+/// Delay before a postponed job is queued again.
+const POSTPONE_DELAY: Duration = Duration::from_secs(1);
 
 /// A stored object's facts.
 struct Stored {
@@ -161,11 +167,11 @@ impl FetchHandler {
         tracing::Span::current().record("task_id", tracing::field::display(target.task_id));
 
         let (provider, egress_member, outcome) = {
-            let _slot = self
-                .fetch_slots
-                .acquire()
-                .await
-                .expect("the fetch slots are never closed");
+            let acquire = self.fetch_slots.acquire();
+            let Ok(slot) = tokio::time::timeout(self.slot_wait_limit, acquire).await else {
+                return self.postpone(job).await;
+            };
+            let _slot = slot.expect("the fetch slots are never closed");
             let _in_flight = InFlight::start();
             let started = Instant::now();
             let attempted = self.attempt(&target).await;
@@ -188,6 +194,20 @@ impl FetchHandler {
         if let Recorded::TaskCompleted(status) = recorded {
             tracing::info!(task_id = %target.task_id, team_id = %target.team_id, %status, "task completed; callback queued");
         }
+        Ok(())
+    }
+
+    /// Queues the job again, due after [`POSTPONE_DELAY`], when every fetch
+    /// slot stayed busy for the wait limit. Another replica, or this one
+    /// later, takes it without spending an attempt, and the message that
+    /// carried it is acknowledged before the broker's consumer timeout.
+    async fn postpone(&self, job: FetchJob) -> Result<(), StoreError> {
+        self.store.postpone_fetch(job, POSTPONE_DELAY).await?;
+        tracing::warn!(
+            waited = ?self.slot_wait_limit,
+            "every fetch slot stayed busy; job postponed"
+        );
+        FETCHES.with_label_values(&["", "postponed", ""]).inc();
         Ok(())
     }
 

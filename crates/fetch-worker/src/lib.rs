@@ -106,6 +106,24 @@ pub struct FetchWorkerConfig {
 }
 
 impl FetchWorkerConfig {
+    /// Returns the longest time one fetch job runs once it has a fetch
+    /// slot: the request, then up to a minute holding the delivery through
+    /// a database outage, plus the database's own wait.
+    fn job_deadline(&self) -> Duration {
+        self.fetch_total_timeout + HOLD_ON_FAILURE + self.database.database_wait_timeout
+    }
+
+    /// Returns how long a job may wait for a fetch slot, so that a message
+    /// whose jobs wait in turn still finishes within the consumer timeout.
+    /// At least a second, even when the timeout leaves no room, which the
+    /// start-up check reports.
+    fn slot_wait_limit(&self) -> Duration {
+        self.broker
+            .broker_consumer_timeout
+            .saturating_sub(self.job_deadline())
+            .max(Duration::from_secs(1))
+    }
+
     fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
             first_delay: self.fetch_retry_delay,
@@ -136,10 +154,8 @@ impl FetchWorker {
             config.fetch_max_attempts > 0,
             "--fetch-max-attempts must be at least 1"
         );
-        // One request, then up to a minute holding the delivery through a
-        // database outage, plus the database's own wait.
         attache_queue::check_consumer_timeout(
-            config.fetch_total_timeout + HOLD_ON_FAILURE + config.database.database_wait_timeout,
+            config.job_deadline(),
             config.broker.broker_consumer_timeout,
         );
         let store = Store::open(&config.database).await?;
@@ -224,6 +240,7 @@ impl FetchWorker {
             // the last one itself, so the row gets a final state.
             give_up_after: config.broker.queue_delivery_limit,
             fetch_slots: Semaphore::new(usize::from(config.fetch_concurrency)),
+            slot_wait_limit: config.slot_wait_limit(),
         };
         let settings = ConsumerSettings {
             amqp_url: config.broker.amqp_url.clone(),

@@ -9,7 +9,7 @@ use prometheus::{
 };
 
 /// Fetch jobs finished, by provider and outcome (`succeeded`, `retry`,
-/// `failed`, `stale`) and error code (empty on success).
+/// `failed`, `stale`, `postponed`) and error code (empty on success).
 pub static FETCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "attache_fetches_total",

@@ -140,6 +140,21 @@ impl Store {
             .collect()
     }
 
+    /// Queues `job` again, unchanged, due after `delay`: for a job that its
+    /// worker could not start in time. A copy that finds the attempt already
+    /// recorded is stale and skipped.
+    pub async fn postpone_fetch(&self, job: FetchJob, delay: Duration) -> Result<()> {
+        let client = self.pool.get().await?;
+        crate::cached::execute(
+            &client,
+            "INSERT INTO outbox (kind, payload, available_at)
+             VALUES ('fetch', $1, now() + make_interval(secs => $2))",
+            &[&JobMessage::Fetch(job).to_json(), &delay.as_secs_f64()],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Records one attempt, schedules the next one on [`FetchResult::Retry`],
     /// and queues the callback when the attempt completes the task. See the
     /// module documentation for the guarantees.

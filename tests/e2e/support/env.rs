@@ -37,6 +37,9 @@ pub struct Options {
     pub producer_allow_cidrs: Vec<ipnet::IpNet>,
     /// Fetches in flight per fetch-worker.
     pub fetch_concurrency: u16,
+    /// The broker's consumer timeout as the workers know it, which sets how
+    /// long a fetch job waits for a slot before it is postponed.
+    pub broker_consumer_timeout: Duration,
     /// AWS settings of the producer and fetch-worker; disabled by default.
     pub aws: attache_aws::AwsArgs,
     /// Google Cloud settings of the producer and fetch-worker; disabled by
@@ -56,6 +59,7 @@ impl Default for Options {
             egress_members: Vec::new(),
             producer_allow_cidrs: vec!["127.0.0.0/8".parse().expect("a valid range")],
             fetch_concurrency: 8,
+            broker_consumer_timeout: Duration::from_secs(1800),
             aws: attache_aws::AwsArgs::default(),
             gcp: attache_gcp::GcpArgs::default(),
             azure: attache_azure::AzureArgs::default(),
@@ -167,7 +171,7 @@ impl Deployment {
             amqp_url: amqp_url(),
             queue_prefix: format!("attache_test_{suffix}"),
             queue_delivery_limit: 5,
-            broker_consumer_timeout: Duration::from_secs(1800),
+            broker_consumer_timeout: options.broker_consumer_timeout,
         };
         let loopback: SocketAddr = "127.0.0.1:0".parse().expect("a valid address");
         // Every source and receiver of the tests listens on loopback, which

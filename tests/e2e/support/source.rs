@@ -23,6 +23,8 @@ pub struct SourceFile {
     /// served.
     pub failures: u32,
     pub failure_status: StatusCode,
+    /// Time the source waits before it sends the response.
+    pub delay: std::time::Duration,
 }
 
 impl SourceFile {
@@ -33,7 +35,13 @@ impl SourceFile {
             chunked: false,
             failures: 0,
             failure_status: StatusCode::SERVICE_UNAVAILABLE,
+            delay: std::time::Duration::ZERO,
         }
+    }
+
+    pub fn delayed(mut self, delay: std::time::Duration) -> Self {
+        self.delay = delay;
+        self
     }
 
     pub fn chunked(mut self) -> Self {
@@ -111,6 +119,7 @@ async fn serve(State(files): State<Files>, Path(name): Path<String>) -> Response
     let Some(file) = files.files.get(&name) else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    tokio::time::sleep(file.delay).await;
     if hit <= file.failures {
         return file.failure_status.into_response();
     }
