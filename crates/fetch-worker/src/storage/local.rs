@@ -159,29 +159,14 @@ impl LocalUpload {
     }
 }
 
-/// Creates the temporary file, and the missing directories above it. Each
-/// new directory's entry is synced in its parent, so a committed object's
-/// path survives a crash, not only its last component.
+/// Creates the temporary file, and the missing directories above it, each
+/// durable in its parent (see [`DirectorySyncs::create_dir_all`]).
 fn create(
     syncs: &DirectorySyncs,
     parent: &Path,
     temporary: &Path,
 ) -> std::io::Result<std::fs::File> {
-    let mut missing = Vec::new();
-    let mut directory = parent;
-    while !directory.exists() {
-        missing.push(directory);
-        match directory.parent() {
-            Some(above) => directory = above,
-            None => break,
-        }
-    }
-    std::fs::create_dir_all(parent)?;
-    for created in missing.iter().rev() {
-        if let Some(above) = created.parent() {
-            syncs.sync_after_change(above)?;
-        }
-    }
+    syncs.create_dir_all(parent)?;
     std::fs::File::create(temporary)
 }
 
