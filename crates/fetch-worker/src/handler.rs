@@ -123,9 +123,10 @@ impl FetchHandler {
 
     /// Fails the attachment for good after its job was delivered too often,
     /// which means it keeps crashing or outliving workers; the message then
-    /// goes to the dead-letter queue for an operator to inspect.
+    /// goes to the dead-letter queue for an operator to inspect. The store
+    /// calls go through the batchers, as a group's jobs arrive together.
     async fn give_up(&self, job: FetchJob) -> Result<(), StoreError> {
-        let Some(target) = self.store.fetch_target(job.attachment_id).await? else {
+        let Some(target) = self.loader.call(job.attachment_id).await? else {
             return Ok(());
         };
         // A job whose attempt the row has passed is stale: a retry of the
@@ -140,8 +141,8 @@ impl FetchHandler {
         FETCHES
             .with_label_values(&["unknown", "failed", ErrorCode::ProcessingFailed.as_str()])
             .inc();
-        self.store
-            .record_fetch(&FetchAttempt {
+        self.recorder
+            .call(FetchAttempt {
                 attachment_id: target.attachment_id,
                 attempt: target.attempts,
                 egress_member: None,
