@@ -251,3 +251,83 @@ async fn duplicate_callback_job_sends_once() {
     assert_eq!(attempts, 1);
     deployment.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ipv6_callback_via_ipv4_members_dies() {
+    let deployment = Deployment::start(Options {
+        egress_members: vec!["local:127.0.0.41".parse().unwrap()],
+        ..Options::default()
+    })
+    .await;
+    let source = Source::start([("a.txt", SourceFile::new("a", "text/plain"))]).await;
+    let receiver = Receiver::start([]).await;
+    let callback_url = receiver.url().replace("127.0.0.1", "[::ffff:127.0.0.1]");
+    let (status, accepted) = deployment
+        .submit(
+            &json!({"callback_url": callback_url, "attachments": [{"uri": source.url("a.txt")}]}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+
+    let database = deployment.database().await;
+    let row = eventually(
+        Duration::from_secs(20),
+        "the callback to be dead",
+        || async {
+            let row = database
+                .query_opt("SELECT status, attempts, last_error FROM callbacks", &[])
+                .await
+                .unwrap()?;
+            (row.get::<_, &str>(0) != "pending").then_some(row)
+        },
+    )
+    .await;
+    let last_error: &str = row.get(2);
+    assert_eq!(row.get::<_, &str>(0), "dead", "{last_error}");
+    assert_eq!(row.get::<_, i32>(1), 1, "no retry: {last_error}");
+    assert!(
+        last_error.contains("every egress member connects over IPv4"),
+        "{last_error}"
+    );
+    assert!(
+        last_error.contains("write the address as 127.0.0.1"),
+        "{last_error}"
+    );
+    assert!(receiver.received().is_empty());
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callback_retry_is_logged_at_warn() {
+    let capturing = crate::support::logs::install();
+    assert!(
+        capturing,
+        "unset RUST_LOG: this test searches captured logs"
+    );
+    let deployment = Deployment::start(Options::default()).await;
+    let source = Source::start([("a.txt", SourceFile::new("a", "text/plain"))]).await;
+    let receiver = Receiver::start([StatusCode::INTERNAL_SERVER_ERROR]).await;
+    one_file_task(&deployment, &receiver, &source).await;
+    receiver.wait_for(2).await;
+
+    let database = deployment.database().await;
+    let callback_id: uuid::Uuid = database
+        .query_one("SELECT id FROM callbacks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let callback_id = callback_id.to_string();
+    let logs = crate::support::logs::captured();
+    let attempts: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains(&callback_id) && line.contains("callback attempt finished"))
+        .collect();
+    let retry = attempts
+        .iter()
+        .find(|line| line.contains("outcome=\"retry\""))
+        .unwrap_or_else(|| panic!("no retry logged for {callback_id}: {attempts:?}"));
+    assert!(retry.contains(" WARN "), "{retry}");
+    assert!(retry.contains("HTTP 500"), "the error is logged: {retry}");
+    deployment.stop().await;
+}

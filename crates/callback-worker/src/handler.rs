@@ -11,11 +11,12 @@ use attache_store::callbacks::{Claim, Delivery, DeliveryAttempt, DeliveryResult}
 use attache_store::{Store, StoreError};
 use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
-use tracing::Instrument;
+use tracing::{Instrument, Level};
 use url::Url;
 
 use crate::limiter::HostLimiter;
 use crate::metrics::{ATTEMPT_SECONDS, ATTEMPTS};
+use crate::reach::Reach;
 use crate::signing::SigningKey;
 
 /// How long a delivery held back by the per-host limit waits.
@@ -27,6 +28,8 @@ pub struct CallbackHandler {
     /// The jobs' store calls, in batches.
     pub calls: crate::batch::Calls,
     pub egress: Egress,
+    /// The address families the egress members connect over.
+    pub reach: Reach,
     pub retry: RetryPolicy,
     pub limiter: HostLimiter,
     /// Deliveries of one message after which the worker gives it up.
@@ -38,8 +41,8 @@ struct Sent {
     status_code: Option<u16>,
     /// `None` when the customer responded 2xx.
     error: Option<String>,
-    /// No later attempt can succeed: 410 Gone, or a destination the guard
-    /// denies.
+    /// No later attempt can succeed: 410 Gone, a destination the guard
+    /// denies, or an IP literal that no egress member can connect to.
     final_error: bool,
     /// The delay a 429 or 503 response asked for.
     retry_after: Option<Duration>,
@@ -172,14 +175,7 @@ impl CallbackHandler {
         ATTEMPT_SECONDS
             .with_label_values(&[outcome])
             .observe(duration.as_secs_f64());
-        tracing::info!(
-            task_id = %delivery.task_id,
-            team_id = %delivery.team_id,
-            outcome,
-            status_code = sent.status_code,
-            egress_member = sent.egress_member,
-            "callback attempt finished"
-        );
+        log_attempt(&delivery, &sent, &result, outcome);
 
         self.calls
             .record
@@ -214,6 +210,11 @@ impl CallbackHandler {
         let Ok(url) = Url::parse(&delivery.url) else {
             return failed(None, "the callback URL is not a valid URL".to_owned(), true);
         };
+        // Members are fixed at start, so a family no member has stays
+        // unreachable on every later attempt.
+        if let Err(error) = self.reach.check(&url) {
+            return failed(None, error, true);
+        }
         let webhook_id = delivery.callback_id.webhook_id();
         let timestamp = chrono::Utc::now().timestamp();
         let signature = key.sign(&webhook_id, timestamp, delivery.payload.as_bytes());
@@ -283,6 +284,47 @@ impl CallbackHandler {
     }
 }
 
+/// Logs a finished attempt at the level its outcome calls for.
+fn log_attempt(delivery: &Delivery, sent: &Sent, result: &DeliveryResult, outcome: &str) {
+    let error = match result {
+        DeliveryResult::Delivered => None,
+        DeliveryResult::Retry { error, .. } | DeliveryResult::Dead { error } => Some(error),
+    };
+    macro_rules! attempt_finished {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                task_id = %delivery.task_id,
+                team_id = %delivery.team_id,
+                outcome,
+                status_code = sent.status_code,
+                egress_member = sent.egress_member,
+                error,
+                "callback attempt finished"
+            )
+        };
+    }
+    match attempt_level(result, sent.final_error) {
+        Level::ERROR => attempt_finished!(Level::ERROR),
+        Level::WARN => attempt_finished!(Level::WARN),
+        _ => attempt_finished!(Level::INFO),
+    }
+}
+
+/// Chooses the log level of a finished attempt. A retry is a warning. A
+/// callback that the endpoint or its URL ended (410 Gone, a forbidden or
+/// unreachable destination) is one too, because its customer must act and
+/// no operator can help. A callback that ran out of attempts is an error:
+/// an operator decides whether to replay it.
+fn attempt_level(result: &DeliveryResult, final_error: bool) -> Level {
+    match result {
+        DeliveryResult::Delivered => Level::INFO,
+        DeliveryResult::Retry { .. } => Level::WARN,
+        DeliveryResult::Dead { .. } if final_error => Level::WARN,
+        DeliveryResult::Dead { .. } => Level::ERROR,
+    }
+}
+
 /// Describes a transport failure without the URL, which may carry a token.
 fn transport_error(error: reqwest::Error) -> String {
     let kind = if error.is_timeout() {
@@ -330,6 +372,28 @@ fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attempt_levels_follow_outcome() {
+        let retry = DeliveryResult::Retry {
+            error: "the endpoint answered HTTP 500".to_owned(),
+            delay: Duration::from_secs(5),
+        };
+        let dead = DeliveryResult::Dead {
+            error: "the endpoint answered HTTP 500; no attempts left".to_owned(),
+        };
+        assert_eq!(
+            attempt_level(&DeliveryResult::Delivered, false),
+            Level::INFO
+        );
+        assert_eq!(attempt_level(&retry, false), Level::WARN);
+        assert_eq!(attempt_level(&dead, true), Level::WARN, "410 or forbidden");
+        assert_eq!(
+            attempt_level(&dead, false),
+            Level::ERROR,
+            "no attempts left"
+        );
+    }
 
     #[test]
     fn retry_after_reads_seconds_and_dates() {

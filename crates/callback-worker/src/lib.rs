@@ -2,19 +2,22 @@
 //!
 //! Consumes callback jobs, signs each task's result following Standard
 //! Webhooks, POSTs it to the customer without following redirects, and
-//! records every attempt. A 2xx response delivers the callback; 410 Gone stops
-//! it at once; anything else is retried on the configured schedule, and a
-//! callback that runs out of attempts is marked dead for an operator to
-//! replay.
+//! records every attempt. A 2xx response delivers the callback. 410 Gone, a
+//! destination the guard denies, or an IP literal of an address family that
+//! no egress member has stops it at once. Anything else is retried on the
+//! configured schedule, and a callback that runs out of attempts is marked
+//! dead for an operator to replay.
 //!
 //! - [`handler`]: the stages of one job.
 //! - [`batch`]: the jobs' store calls, in batches.
+//! - [`reach`]: the address families the egress members connect over.
 //! - [`signing`]: the Standard Webhooks signature.
 
 pub mod batch;
 pub mod handler;
 mod limiter;
 mod metrics;
+pub mod reach;
 pub mod signing;
 
 use std::net::SocketAddr;
@@ -32,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::handler::CallbackHandler;
 use crate::limiter::HostLimiter;
+use crate::reach::Reach;
 
 /// The maximum delay between two delivery attempts, before jitter.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10 * 3600);
@@ -181,6 +185,7 @@ impl CallbackWorker {
             calls: batch::Calls::spawn(&store, lease),
             store,
             egress,
+            reach: Reach::of(&config.egress.egress_members),
             retry: config.retry_policy(),
             limiter: HostLimiter::new(config.callback_concurrency_per_host),
             // RabbitMQ allows `limit` + 1 deliveries; the worker gives up on

@@ -2,7 +2,7 @@
 
 use attache_callback_worker::{CallbackWorker, CallbackWorkerConfig};
 use attache_config::LogArgs;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -20,7 +20,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli: Cli = attache_config::parse_command_line(Cli::command());
     attache_telemetry::init_logging(cli.log.log_format);
     let shutdown = CancellationToken::new();
     tokio::spawn(attache_telemetry::cancel_on_signal(shutdown.clone()));

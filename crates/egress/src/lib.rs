@@ -60,7 +60,7 @@ pub struct EgressArgs {
 
     /// Address ranges the destination guard allows in spite of their class,
     /// comma-separated CIDRs such as 127.0.0.0/8 for local development.
-    #[arg(long, env = "ATTACHE_EGRESS_ALLOW_CIDRS", value_delimiter = ',')]
+    #[arg(long, env = "ATTACHE_EGRESS_ALLOW_CIDRS", value_delimiter = ',', value_parser = attache_config::parse_cidr::<IpNet>)]
     pub egress_allow_cidrs: Vec<IpNet>,
 
     /// Member failures in a row before a member is skipped.

@@ -134,3 +134,18 @@ pub async fn replay(command: ReplayCommand) -> anyhow::Result<()> {
     println!("queued {replayed} {} again", command.kind);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn log_format_follows_serve() {
+        let cli = Cli::try_parse_from(["attache-producer", "serve", "--log-format", "json"])
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(cli.log.log_format, attache_config::LogFormat::Json);
+        assert!(matches!(cli.command, Command::Serve(_)));
+    }
+}

@@ -1,12 +1,12 @@
 //! `attache-producer`: serves the task API and relays the outbox.
 
 use attache_producer::cli::{Cli, Command};
-use clap::Parser;
+use clap::CommandFactory;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli: Cli = attache_config::parse_command_line(Cli::command());
     attache_telemetry::init_logging(cli.log.log_format);
     match cli.command {
         Command::Serve(config) => {

@@ -26,6 +26,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// Directives added to the default filter for libraries whose info logs
+/// repeat Attaché's own: refinery logs every migration it applies, which
+/// `attache_store` also logs, with the version as a field.
+const QUIET_LIBRARIES: &str = "refinery_core=warn";
+
 /// Installs the global log subscriber. Filters come from `RUST_LOG`, with
 /// `info` as the default. Logs go to stderr, keeping stdout for command
 /// output. Calls after the first do nothing, so tests may call it again.
@@ -36,8 +41,7 @@ pub fn init_logging(format: LogFormat) {
 /// Installs the global log subscriber like [`init_logging`], with
 /// `default_filter` when `RUST_LOG` is unset; tests use `warn`.
 pub fn init_logging_with_default(format: LogFormat, default_filter: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| quieted(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -48,6 +52,11 @@ pub fn init_logging_with_default(format: LogFormat, default_filter: &str) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Builds the filter `directives`, with [`QUIET_LIBRARIES`] added.
+fn quieted(directives: &str) -> EnvFilter {
+    EnvFilter::new(format!("{directives},{QUIET_LIBRARIES}"))
 }
 
 /// One named readiness flag.
@@ -204,4 +213,49 @@ pub async fn cancel_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutdown requested");
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A log writer that keeps every line in memory.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn default_filter_hides_refinery_info() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(quieted("info"))
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "refinery_core::traits::r#async", "applying migration: V1__tasks");
+            tracing::warn!(target: "refinery_core::traits::r#async", "migration failed");
+            tracing::info!(target: "attache_store", version = 1, "applied migration");
+        });
+
+        let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            !logged.contains("applying migration: V1__tasks"),
+            "{logged}"
+        );
+        assert!(logged.contains("migration failed"), "{logged}");
+        assert!(logged.contains("applied migration"), "{logged}");
+    }
 }
