@@ -6,6 +6,17 @@ use serde_json::{Value, json};
 
 use crate::support::{Deployment, Options};
 
+/// Request headers as (name, value) pairs.
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
+/// The routes that read a JSON body, with their methods.
+const BODY_ROUTES: [(&str, &str); 4] = [
+    ("POST", "/v1/tasks"),
+    ("POST", "/v1/replays"),
+    ("PUT", "/v1/integrations/aws"),
+    ("POST", "/v1/integrations/gcp/verify"),
+];
+
 fn task(attachments: Value) -> Value {
     json!({"callback_url": "http://127.0.0.1:9/hooks", "attachments": attachments})
 }
@@ -222,6 +233,9 @@ async fn idempotency_ignores_equivalent_spellings() {
         json!({"callback_url": "http://127.0.0.1:9/hooks", "attachments": [{"uri": "http://127.0.0.1:9/a"}]}),
         json!({"callback_url": "http://127.0.0.1:9/hooks", "attachments": [{"uri": "http://127.0.0.1:9/a"}], "metadata": null}),
         json!({"callback_url": "HTTP://127.0.0.1:9/hooks", "attachments": [{"uri": "http://127.0.0.1:9/a"}], "metadata": {}}),
+        // Attachment URIs get the same scheme and host case rule as
+        // callback_url.
+        json!({"callback_url": "http://127.0.0.1:9/hooks", "attachments": [{"uri": "HTTP://127.0.0.1:9/a"}]}),
     ];
     let mut task_ids = Vec::new();
     for body in &spellings {
@@ -231,5 +245,219 @@ async fn idempotency_ignores_equivalent_spellings() {
     }
     assert_eq!(task_ids[0], task_ids[1]);
     assert_eq!(task_ids[0], task_ids[2]);
+    assert_eq!(task_ids[0], task_ids[3]);
+    deployment.stop().await;
+}
+
+/// Sends `body` with `headers` as this deployment's team and returns the
+/// status and the JSON body, or the error of a request that got no response.
+/// Panics if the response body is not JSON.
+async fn send(
+    deployment: &Deployment,
+    (method, path): (&str, &str),
+    headers: &[(&str, &str)],
+    body: reqwest::Body,
+) -> reqwest::Result<(StatusCode, Value)> {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = deployment
+        .http
+        .request(method, format!("http://{}{path}", deployment.api))
+        .bearer_auth(&deployment.team.api_key)
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await?;
+    let status = response.status();
+    let text = response.text().await?;
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("{status} is not a JSON error: {text}"));
+    Ok((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversized_chunked_body_returns_json_413() {
+    let deployment = Deployment::start(Options::default()).await;
+    for route in BODY_ROUTES {
+        // A streamed body has no Content-Length, so the API finds that it
+        // is over the 64 KiB limit only while reading it. The API may close
+        // the connection before the client has sent the rest, and such a
+        // request is sent again.
+        let mut answer = None;
+        for _ in 0..5 {
+            let chunks = (0..40).map(|_| Ok::<_, std::io::Error>(vec![b' '; 4096]));
+            let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+            match send(
+                &deployment,
+                route,
+                &[("content-type", "application/json")],
+                body,
+            )
+            .await
+            {
+                Ok(response) => {
+                    answer = Some(response);
+                    break;
+                }
+                Err(failure) => eprintln!("{route:?}: no response ({failure}); sending it again"),
+            }
+        }
+        let (status, error) = answer.expect("one of five oversized requests got a response");
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{route:?}: {error}");
+        assert_eq!(error["error"]["code"], "request_too_large", "{route:?}");
+    }
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stalled_body_returns_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let deployment = Deployment::start(Options::default()).await;
+    // Announce 100 bytes, send 10 and wait: the API gives up after its
+    // 10 s body timeout.
+    let mut stream = tokio::net::TcpStream::connect(deployment.api)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/replays HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"kind\": \"",
+        deployment.api, deployment.team.api_key
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stream.read_to_end(&mut response),
+    )
+    .await
+    .expect("the API answers within its body timeout")
+    .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(
+        response.contains("\"code\":\"request_timeout\""),
+        "{response}"
+    );
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn body_encoding_errors_name_header() {
+    let deployment = Deployment::start(Options::default()).await;
+    let cases: [(Headers, &[u8], StatusCode, Option<&str>); 4] = [
+        (
+            &[("content-type", "text/plain")],
+            b"{}",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some("Content-Type"),
+        ),
+        (
+            &[("content-type", "application/x-www-form-urlencoded")],
+            b"kind=attachments",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some("Content-Type"),
+        ),
+        (
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+            b"\x1f\x8b\x08\x00",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some("Content-Encoding"),
+        ),
+        (
+            &[("content-type", "application/json")],
+            b"\xEF\xBB\xBF{}",
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+    ];
+    for route in BODY_ROUTES {
+        for (headers, body, status, field) in &cases {
+            let (actual, error) = send(&deployment, route, headers, body.to_vec().into())
+                .await
+                .expect("the API answers");
+            assert_eq!(actual, *status, "{route:?} {headers:?}: {error}");
+            assert_eq!(
+                error["error"]["field"].as_str(),
+                *field,
+                "{route:?}: {error}"
+            );
+            let message = error["error"]["message"].as_str().unwrap();
+            let fix = match field {
+                Some("Content-Type") => "Content-Type: application/json",
+                Some(_) => "uncompressed",
+                None => "byte order mark",
+            };
+            assert!(message.contains(fix), "{route:?}: {message}");
+        }
+    }
+    let count: i64 = deployment
+        .database()
+        .await
+        .query_one("SELECT count(*) FROM tasks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0, "no rejected request left a task behind");
+    deployment.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_json_type_is_not_reported_missing() {
+    let deployment = Deployment::start(Options::default()).await;
+    let attachments = json!([{"uri": "http://127.0.0.1:9/a"}]);
+    let cases = [
+        (
+            "/v1/tasks",
+            json!({"callback_url": 5, "attachments": attachments}),
+            "callback_url",
+            "callback_url must be a string, not a number",
+        ),
+        (
+            "/v1/tasks",
+            json!({"callback_url": "", "attachments": attachments}),
+            "callback_url",
+            "callback_url is empty",
+        ),
+        (
+            "/v1/tasks",
+            json!({"callback_url": "http://127.0.0.1:9/h", "attachments": {"uri": "http://127.0.0.1:9/a"}}),
+            "attachments",
+            "attachments must be a list, not an object",
+        ),
+        (
+            "/v1/tasks",
+            json!({"callback_url": "http://127.0.0.1:9/h", "attachments": [{"uri": 7}]}),
+            "attachments[0].uri",
+            "attachments[0].uri must be a string, not a number",
+        ),
+        (
+            "/v1/tasks",
+            json!({"callback_url": "http://127.0.0.1:9/h", "attachments": [{"uri": "gs://bucket/object"}]}),
+            "attachments[0].uri",
+            "Google Cloud Storage (gs://) attachments are not enabled",
+        ),
+        (
+            "/v1/replays",
+            json!({"kind": "tasks"}),
+            "kind",
+            "`tasks` is not a replay kind",
+        ),
+        (
+            "/v1/replays",
+            json!({"kind": ["attachments"]}),
+            "kind",
+            "kind must be a string, not a list",
+        ),
+    ];
+    for (path, body, field, start) in cases {
+        let (status, error) = deployment.post(path, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {error}");
+        assert_eq!(error["error"]["field"], field, "{body}: {error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(start), "{body}: {message}");
+    }
     deployment.stop().await;
 }

@@ -84,3 +84,81 @@ pub async fn method_not_allowed() -> ApiError {
         "this route does not accept that method: see /v1/openapi.json",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The API's sources, scanned for the error codes they return.
+    const SOURCES: &[&str] = &[
+        include_str!("auth.rs"),
+        include_str!("body.rs"),
+        include_str!("error.rs"),
+        include_str!("mod.rs"),
+        include_str!("replays.rs"),
+        include_str!("tasks.rs"),
+        include_str!("validate.rs"),
+        include_str!("integrations/mod.rs"),
+        include_str!("integrations/aws.rs"),
+        include_str!("integrations/azure.rs"),
+        include_str!("integrations/gcp.rs"),
+    ];
+    const GUIDE: &str = include_str!("../../../../docs/customer-guide.md");
+
+    /// Returns the string literals passed as the code to `ApiError::new`
+    /// (second argument), `Self::new`, `ApiError::field` and
+    /// `consent_error` (first argument).
+    fn codes_in_sources() -> BTreeSet<String> {
+        let calls = [
+            ("ApiError::new(", 1),
+            ("Self::new(", 1),
+            ("ApiError::field(", 0),
+            ("consent_error(", 0),
+        ];
+        let mut codes = BTreeSet::new();
+        for source in SOURCES {
+            for (call, position) in calls {
+                for (start, _) in source.match_indices(call) {
+                    let arguments = &source[start + call.len()..];
+                    let Some(argument) = arguments.split(',').nth(position) else {
+                        continue;
+                    };
+                    let Some(code) = argument
+                        .trim()
+                        .strip_prefix('"')
+                        .and_then(|rest| rest.strip_suffix('"'))
+                    else {
+                        continue;
+                    };
+                    if !code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    {
+                        codes.insert(code.to_owned());
+                    }
+                }
+            }
+        }
+        codes
+    }
+
+    #[test]
+    fn every_error_code_is_documented() {
+        let codes = codes_in_sources();
+        assert!(codes.contains("integration_not_configured"), "{codes:?}");
+        assert!(codes.contains("unsupported_media_type"), "{codes:?}");
+        let openapi: serde_json::Value = serde_json::from_str(super::super::OPENAPI).unwrap();
+        let listed = openapi["components"]["schemas"]["Error"]["properties"]["error"]["properties"]
+            ["code"]["description"]
+            .as_str()
+            .expect("the Error schema describes its codes");
+        for code in &codes {
+            assert!(
+                GUIDE.contains(&format!("`{code}`")),
+                "docs/customer-guide.md does not list `{code}`"
+            );
+            let in_openapi = listed
+                .split(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .any(|word| word == code);
+            assert!(in_openapi, "openapi.json's Error.code does not list {code}");
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! field and a message that states what to change.
 
 pub mod auth;
+mod body;
 pub mod error;
 mod integrations;
 pub mod replays;
@@ -218,14 +219,7 @@ async fn reject_oversized(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if announced.is_some_and(|length| length > max as u64) {
-        return error::ApiError::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
-            format!(
-                "the request body is over {max} bytes: send fewer attachments or less metadata"
-            ),
-        )
-        .into_response();
+        return body::too_large(max).into_response();
     }
     next.run(request).await
 }
@@ -266,8 +260,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(error::not_found_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        // A client that stops sending its body mid-way gets an error
-        // instead of holding the connection.
+        // A client that stops sending its body mid-way gets a 408 error
+        // (see `body::JsonBody`) instead of holding the connection.
         .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -5,7 +5,6 @@
 use attache_domain::{ErrorCode, TaskId};
 use attache_store::replay::ReplayFilter;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -14,6 +13,7 @@ use serde_json::{Map, Value};
 
 use super::AppState;
 use super::auth::Caller;
+use super::body::{JsonBody, json_type};
 use super::error::ApiError;
 
 /// The kind of rows a replay request selects.
@@ -34,7 +34,7 @@ pub struct Replayed {
 pub async fn create(
     State(state): State<AppState>,
     Caller(team): Caller,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Replayed>), ApiError> {
     let (kind, mut filter) = parse(&body)?;
     filter.team_id = Some(team.id);
@@ -74,17 +74,7 @@ pub fn parse(body: &[u8]) -> Result<(ReplayKind, ReplayFilter), ApiError> {
         ));
     }
 
-    let kind = match object.get("kind").and_then(Value::as_str) {
-        Some("attachments") => ReplayKind::Attachments,
-        Some("callbacks") => ReplayKind::Callbacks,
-        _ => {
-            return Err(ApiError::field(
-                "invalid_request",
-                "kind",
-                "kind is required: \"attachments\" replays failed attachments, \"callbacks\" replays dead callbacks",
-            ));
-        }
-    };
+    let kind = kind(object.get("kind"))?;
     let filter = ReplayFilter {
         team_id: None,
         task_id: optional_text(&object, "task_id")?
@@ -114,6 +104,22 @@ pub fn parse(body: &[u8]) -> Result<(ReplayKind, ReplayFilter), ApiError> {
     Ok((kind, filter))
 }
 
+fn kind(value: Option<&Value>) -> Result<ReplayKind, ApiError> {
+    let kinds = "\"attachments\" replays failed attachments, \"callbacks\" replays dead callbacks";
+    let reason = match value {
+        Some(Value::String(text)) if text == "attachments" => return Ok(ReplayKind::Attachments),
+        Some(Value::String(text)) if text == "callbacks" => return Ok(ReplayKind::Callbacks),
+        Some(Value::String(text)) => format!("`{text}` is not a replay kind"),
+        None | Some(Value::Null) => "kind is required".to_owned(),
+        Some(other) => format!("kind must be a string, not {}", json_type(other)),
+    };
+    Err(ApiError::field(
+        "invalid_request",
+        "kind",
+        format!("{reason}: {kinds}"),
+    ))
+}
+
 fn optional_text<'a>(
     object: &'a Map<String, Value>,
     field: &'static str,
@@ -121,10 +127,10 @@ fn optional_text<'a>(
     match object.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => Ok(Some(text)),
-        Some(_) => Err(ApiError::field(
+        Some(other) => Err(ApiError::field(
             "invalid_request",
             field,
-            format!("{field} must be a string"),
+            format!("{field} must be a string, not {}", json_type(other)),
         )),
     }
 }
@@ -224,5 +230,18 @@ mod tests {
             assert_eq!(rejected(body).1.as_deref(), Some(field), "{body}");
         }
         assert_eq!(rejected("[]").0, "invalid_json");
+    }
+
+    #[test]
+    fn kind_errors_say_what_is_wrong() {
+        let message = |body: &str| parse(body.as_bytes()).unwrap_err().message;
+        assert!(message("{}").starts_with("kind is required"));
+        assert!(message(r#"{"kind": null}"#).starts_with("kind is required"));
+        assert!(message(r#"{"kind": "tasks"}"#).starts_with("`tasks` is not a replay kind"));
+        assert!(message(r#"{"kind": 5}"#).starts_with("kind must be a string, not a number"));
+        assert!(
+            message(r#"{"kind": "attachments", "since": 5}"#)
+                .starts_with("since must be a string, not a number")
+        );
     }
 }

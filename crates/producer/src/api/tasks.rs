@@ -3,8 +3,7 @@
 use attache_domain::{AttachmentId, TaskId, TaskStatus};
 use attache_store::tasks::{Inserted, NewAttachment, NewTask, TaskView};
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +11,7 @@ use serde::Serialize;
 
 use super::AppState;
 use super::auth::Caller;
+use super::body::JsonBody;
 use super::error::ApiError;
 use super::validate;
 use crate::metrics::TASKS_ACCEPTED;
@@ -34,21 +34,8 @@ pub async fn create(
     State(state): State<AppState>,
     Caller(team): Caller,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| {
-        let max = state.limits().max_request_bytes;
-        match rejection.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
-                format!(
-                    "the request body is over {max} bytes: send fewer attachments or less metadata"
-                ),
-            ),
-            status => ApiError::new(status, "invalid_request", rejection.body_text()),
-        }
-    })?;
     let idempotency_key = validate::idempotency_key(&headers)?;
     let request = validate::task_request(&body, state.limits(), state.policy(), &|provider| {
         state.enabled(provider)

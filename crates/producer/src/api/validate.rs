@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use attache_egress::guard::DestinationPolicy;
 
 use super::Limits;
+use super::body::{json_type, required_string};
 use super::error::ApiError;
 
 /// Maximum length of an `Idempotency-Key`, in bytes.
@@ -65,13 +66,18 @@ pub fn task_request(
     let callback_url = callback_url(object.get("callback_url"), policy)?;
     let attachments = attachments(object.get("attachments"), limits, policy, enabled)?;
     let metadata = metadata(object.get("metadata"), limits)?;
-    // The hash covers the request as accepted, not as written: key order,
-    // a missing versus empty metadata object and the URL's letter case do
-    // not make a retry look like a new request. serde_json's map is ordered
-    // by key (the `preserve_order` feature is off).
-    let uris: Vec<&str> = attachments.iter().map(|(uri, _)| uri.as_str()).collect();
+    // The hash covers the request as accepted, not as written. Key order
+    // and a missing versus empty metadata object do not make a retry look
+    // like a new request. Neither does the letter case of a URL's scheme or
+    // host, because callback_url and every attachment URI go through
+    // `url_for_hash`. serde_json's map is ordered by key (the
+    // `preserve_order` feature is off).
+    let uris: Vec<String> = attachments
+        .iter()
+        .map(|(uri, _)| url_for_hash(uri))
+        .collect();
     let canonical = serde_json::to_vec(&serde_json::json!({
-        "callback_url": callback_url,
+        "callback_url": url_for_hash(&callback_url),
         "attachments": uris,
         "metadata": metadata,
     }))
@@ -82,6 +88,24 @@ pub fn task_request(
         metadata,
         request_hash: Sha256::digest(&canonical).to_vec(),
     })
+}
+
+/// Returns `text`, a callback URL or attachment URI that passed validation,
+/// as the idempotency hash covers it. An http or https URL is serialised by
+/// the URL parser, which lowercases the scheme and host as callback_url is
+/// stored. An `s3://` or `gs://` URI gets a lowercase scheme and is kept
+/// otherwise, because its bucket is lowercase already and its key is byte
+/// for byte.
+fn url_for_hash(text: &str) -> String {
+    if let Ok(url) = url::Url::parse(text)
+        && matches!(url.scheme(), "http" | "https")
+    {
+        return url.into();
+    }
+    match text.split_once(':') {
+        Some((scheme, rest)) => format!("{}:{rest}", scheme.to_ascii_lowercase()),
+        None => text.to_owned(),
+    }
 }
 
 /// Reads and validates the optional `Idempotency-Key` header.
@@ -110,13 +134,11 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
 
 fn callback_url(value: Option<&Value>, policy: &DestinationPolicy) -> Result<String, ApiError> {
     let field = "callback_url";
-    let Some(Value::String(text)) = value else {
-        return Err(ApiError::field(
-            "invalid_request",
-            field,
-            "callback_url is required: a string with the http or https URL that receives the result",
-        ));
-    };
+    let text = required_string(
+        value,
+        field,
+        "the http or https URL that receives the result, as a string",
+    )?;
     let invalid = |why: &str| {
         ApiError::field(
             "invalid_callback_url",
@@ -126,6 +148,9 @@ fn callback_url(value: Option<&Value>, policy: &DestinationPolicy) -> Result<Str
             ),
         )
     };
+    if text.is_empty() {
+        return Err(invalid("is empty"));
+    }
     if text.len() > MAX_CALLBACK_URL_LEN {
         return Err(invalid(&format!(
             "is longer than {MAX_CALLBACK_URL_LEN} bytes"
@@ -172,12 +197,26 @@ fn attachments(
     enabled: &dyn Fn(Provider) -> bool,
 ) -> Result<Vec<(String, Provider)>, ApiError> {
     let field = "attachments";
-    let Some(Value::Array(items)) = value else {
-        return Err(ApiError::field(
-            "invalid_request",
-            field,
-            "attachments is required: a list of objects such as {\"uri\": \"https://example.com/file.pdf\"}",
-        ));
+    let example = "a list of objects such as {\"uri\": \"https://example.com/file.pdf\"}";
+    let items = match value {
+        Some(Value::Array(items)) => items,
+        None | Some(Value::Null) => {
+            return Err(ApiError::field(
+                "invalid_request",
+                field,
+                format!("attachments is required: give {example}"),
+            ));
+        }
+        Some(other) => {
+            return Err(ApiError::field(
+                "invalid_request",
+                field,
+                format!(
+                    "attachments must be a list, not {}: give {example}",
+                    json_type(other)
+                ),
+            ));
+        }
     };
     if items.is_empty() {
         return Err(ApiError::field(
@@ -223,13 +262,11 @@ fn attachment(
             format!("`{unknown}` is not an attachment field: the only field is uri"),
         ));
     }
-    let Some(Value::String(uri)) = object.get("uri") else {
-        return Err(ApiError::field(
-            "invalid_request",
-            field,
-            "uri is required: a string such as https://example.com/file.pdf",
-        ));
-    };
+    let uri = required_string(
+        object.get("uri"),
+        &field,
+        "the attachment's URL or URI as a string, such as \"https://example.com/file.pdf\"",
+    )?;
     let reference = AttachmentRef::parse(uri).map_err(|error| {
         let code = match error.code() {
             ErrorCode::UnsupportedScheme => "unsupported_scheme",
@@ -243,7 +280,8 @@ fn attachment(
             "unsupported_scheme",
             field,
             format!(
-                "{provider} attachments are not enabled on this deployment yet: give a plain https URL, such as a pre-signed URL"
+                "{} attachments are not enabled on this deployment: give a plain https URL, such as a pre-signed URL, or ask the operator to enable them",
+                customer_name(provider)
             ),
         ));
     }
@@ -256,7 +294,17 @@ fn attachment(
             )
         })?;
     }
-    Ok((uri.clone(), provider))
+    Ok((uri.to_owned(), provider))
+}
+
+/// Names `provider` as customers know it, with the URI form it is read from.
+fn customer_name(provider: Provider) -> &'static str {
+    match provider {
+        Provider::S3 => "Amazon S3 (s3:// and S3 https URLs)",
+        Provider::Gcs => "Google Cloud Storage (gs://)",
+        Provider::AzureBlob => "Azure Blob Storage (https://ACCOUNT.blob.core.windows.net)",
+        Provider::Http => "http and https",
+    }
 }
 
 fn metadata(value: Option<&Value>, limits: &Limits) -> Result<Value, ApiError> {
@@ -303,5 +351,134 @@ fn contains_nul(value: &Value) -> bool {
             .iter()
             .any(|(key, value)| key.contains('\0') || contains_nul(value)),
         Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: serde_json::Value) -> Result<TaskRequest, ApiError> {
+        task_request(
+            body.to_string().as_bytes(),
+            &Limits::default(),
+            &DestinationPolicy::default(),
+            &|provider| provider == Provider::Http,
+        )
+    }
+
+    fn rejected(body: serde_json::Value) -> ApiError {
+        match parse(body) {
+            Ok(_) => panic!("the request was accepted"),
+            Err(error) => error,
+        }
+    }
+
+    fn hash(callback_url: &str, uri: &str) -> Vec<u8> {
+        match parse(
+            serde_json::json!({"callback_url": callback_url, "attachments": [{"uri": uri}]}),
+        ) {
+            Ok(request) => request.request_hash,
+            Err(error) => panic!("{callback_url} {uri}: {error:?}"),
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_not_reported_missing() {
+        let cases = [
+            (
+                serde_json::json!({"callback_url": 5, "attachments": [{"uri": "https://example.com/a"}]}),
+                "callback_url",
+                "callback_url must be a string, not a number",
+            ),
+            (
+                serde_json::json!({"callback_url": "https://example.com/h", "attachments": "https://example.com/a"}),
+                "attachments",
+                "attachments must be a list, not a string",
+            ),
+            (
+                serde_json::json!({"callback_url": "https://example.com/h", "attachments": [{"uri": ["https://example.com/a"]}]}),
+                "attachments[0].uri",
+                "attachments[0].uri must be a string, not a list",
+            ),
+        ];
+        for (body, field, start) in cases {
+            let error = rejected(body);
+            assert_eq!(error.code, "invalid_request", "{field}");
+            assert_eq!(error.field.as_deref(), Some(field));
+            assert!(error.message.starts_with(start), "{}", error.message);
+        }
+    }
+
+    #[test]
+    fn empty_callback_url_is_named_empty() {
+        let error = rejected(
+            serde_json::json!({"callback_url": "", "attachments": [{"uri": "https://example.com/a"}]}),
+        );
+        assert_eq!(error.code, "invalid_callback_url");
+        assert!(
+            error.message.starts_with("callback_url is empty"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn hash_ignores_scheme_and_host_case() {
+        let lower = hash("https://example.com/h", "https://files.example.com/a");
+        assert_eq!(
+            lower,
+            hash("HTTPS://EXAMPLE.com/h", "https://files.example.com/a")
+        );
+        assert_eq!(
+            lower,
+            hash("https://example.com/h", "HTTPS://Files.Example.COM/a")
+        );
+        // The path is case-sensitive on most servers.
+        assert_ne!(
+            lower,
+            hash("https://example.com/h", "https://files.example.com/A")
+        );
+    }
+
+    #[test]
+    fn hash_ignores_storage_scheme_case() {
+        let enabled = |_| true;
+        let request = |uri: &str| {
+            let body = serde_json::json!({"callback_url": "https://example.com/h", "attachments": [{"uri": uri}]});
+            task_request(
+                body.to_string().as_bytes(),
+                &Limits::default(),
+                &DestinationPolicy::default(),
+                &enabled,
+            )
+            .unwrap_or_else(|error| panic!("{uri}: {error:?}"))
+            .request_hash
+        };
+        assert_eq!(request("s3://bucket/Key"), request("S3://bucket/Key"));
+        assert_eq!(request("gs://bucket/Key"), request("GS://bucket/Key"));
+        assert_ne!(request("gs://bucket/Key"), request("gs://bucket/key"));
+    }
+
+    #[test]
+    fn disabled_provider_is_named_for_customers() {
+        let cases = [
+            ("gs://bucket/object", "Google Cloud Storage (gs://)"),
+            ("s3://bucket/key", "Amazon S3"),
+            (
+                "https://account.blob.core.windows.net/container/blob",
+                "Azure Blob Storage",
+            ),
+        ];
+        for (uri, name) in cases {
+            let error = rejected(
+                serde_json::json!({"callback_url": "https://example.com/h", "attachments": [{"uri": uri}]}),
+            );
+            assert_eq!(error.code, "unsupported_scheme", "{uri}");
+            assert!(error.message.starts_with(name), "{}", error.message);
+            for internal in ["gcs ", "azure_blob", "s3 attachments"] {
+                assert!(!error.message.contains(internal), "{}", error.message);
+            }
+        }
     }
 }

@@ -12,10 +12,9 @@ use attache_aws::integration::{
     LinkError, generate_external_id, permission_policy, validate_account_id,
 };
 use attache_aws::{AssumeError, Aws, Identity};
-use attache_domain::AttachmentRef;
+use attache_domain::{AttachmentRef, TeamId};
 use attache_store::teams::Team;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
@@ -23,6 +22,7 @@ use serde_json::{Value, json};
 use super::object;
 use crate::api::AppState;
 use crate::api::auth::Caller;
+use crate::api::body::{JsonBody, required_string};
 use crate::api::error::ApiError;
 
 /// The bucket placeholder in the sample permission policy.
@@ -49,7 +49,7 @@ pub async fn show(
 pub async fn link(
     State(state): State<AppState>,
     Caller(team): Caller,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let aws = aws(&state)?;
     let (account_id, owners) = parse_link(&body)?;
@@ -59,13 +59,7 @@ pub async fn link(
         .await?;
     aws.check_link(&account_id, &external_id)
         .await
-        .map_err(|error| {
-            let status = match error {
-                LinkError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::UNPROCESSABLE_ENTITY,
-            };
-            ApiError::new(status, "aws_link_failed", error.to_string()).at("account_id")
-        })?;
+        .map_err(|error| link_error(error, team.id))?;
     state
         .store()
         .link_aws(team.id, &account_id, &owners)
@@ -87,7 +81,7 @@ pub async fn unlink(
 pub async fn verify(
     State(state): State<AppState>,
     Caller(team): Caller,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let aws = aws(&state)?;
     let (bucket, key) = parse_verify(&body)?;
@@ -157,6 +151,26 @@ pub async fn verify(
     ))
 }
 
+/// Turns a failed role check into the response. When STS cannot be
+/// reached, the cause is logged and the message asks the customer to retry.
+fn link_error(error: LinkError, team_id: TeamId) -> ApiError {
+    if let LinkError::Unavailable(detail) = &error {
+        tracing::warn!(%team_id, error = %detail, "AWS role check could not reach STS");
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "aws_link_failed",
+            "AWS STS could not be reached, so the role was not checked and nothing changed: send the same request again in a minute",
+        )
+        .at("account_id");
+    }
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "aws_link_failed",
+        error.to_string(),
+    )
+    .at("account_id")
+}
+
 /// The team's settings as GET, PUT and DELETE return them.
 async fn settings(state: &AppState, aws: &Aws, team: &Team) -> Result<Value, ApiError> {
     let external_id = state
@@ -182,13 +196,11 @@ async fn settings(state: &AppState, aws: &Aws, team: &Team) -> Result<Value, Api
 
 fn parse_link(body: &[u8]) -> Result<(String, Vec<String>), ApiError> {
     let object = object(body, &["account_id", "bucket_owner_account_ids"])?;
-    let Some(Value::String(account_id)) = object.get("account_id") else {
-        return Err(ApiError::field(
-            "invalid_request",
-            "account_id",
-            "account_id is required: your 12-digit AWS account ID, as a string",
-        ));
-    };
+    let account_id = required_string(
+        object.get("account_id"),
+        "account_id",
+        "your 12-digit AWS account ID as a string, such as \"012345678901\"",
+    )?;
     validate_account_id(account_id)
         .map_err(|message| ApiError::field("invalid_request", "account_id", message))?;
     let owners = match object.get("bucket_owner_account_ids") {
@@ -218,18 +230,16 @@ fn parse_link(body: &[u8]) -> Result<(String, Vec<String>), ApiError> {
             ));
         }
     };
-    Ok((account_id.clone(), owners))
+    Ok((account_id.to_owned(), owners))
 }
 
 fn parse_verify(body: &[u8]) -> Result<(String, String), ApiError> {
     let object = object(body, &["uri"])?;
-    let Some(Value::String(uri)) = object.get("uri") else {
-        return Err(ApiError::field(
-            "invalid_request",
-            "uri",
-            "uri is required: an s3://bucket/key URI",
-        ));
-    };
+    let uri = required_string(
+        object.get("uri"),
+        "uri",
+        "an s3://bucket/key URI as a string",
+    )?;
     match AttachmentRef::parse(uri) {
         Ok(AttachmentRef::S3 { bucket, key, .. }) => Ok((bucket, key)),
         Ok(other) => Err(ApiError::field(
@@ -241,5 +251,39 @@ fn parse_verify(body: &[u8]) -> Result<(String, String), ApiError> {
             ),
         )),
         Err(error) => Err(ApiError::field("invalid_uri", "uri", error.message())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_id_number_is_not_missing() {
+        let error = parse_link(br#"{"account_id": 123456789012}"#).unwrap_err();
+        assert_eq!(error.code, "invalid_request");
+        assert_eq!(error.field.as_deref(), Some("account_id"));
+        assert!(
+            error
+                .message
+                .starts_with("account_id must be a string, not a number"),
+            "{}",
+            error.message
+        );
+        let error = parse_link(b"{}").unwrap_err();
+        assert!(
+            error.message.starts_with("account_id is required"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn unreachable_sts_hides_transport_detail() {
+        let detail = "dispatch failure: https://sts.us-east-1.amazonaws.com/";
+        let error = link_error(LinkError::Unavailable(detail.to_owned()), TeamId::new());
+        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.code, "aws_link_failed");
+        assert!(!error.message.contains("amazonaws"), "{}", error.message);
     }
 }

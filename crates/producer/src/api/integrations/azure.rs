@@ -21,7 +21,6 @@ use attache_domain::AttachmentRef;
 use attache_store::integrations::ConsentState;
 use attache_store::teams::Team;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -31,6 +30,7 @@ use serde_json::{Value, json};
 use super::object;
 use crate::api::AppState;
 use crate::api::auth::Caller;
+use crate::api::body::{JsonBody, required_string};
 use crate::api::error::ApiError;
 
 /// The note on removing our application from the customer's tenant.
@@ -218,7 +218,7 @@ pub async fn unlink(
 pub async fn verify(
     State(state): State<AppState>,
     Caller(team): Caller,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let azure = azure(&state)?;
     let (uri, account, container, blob) = parse_verify(&body)?;
@@ -316,19 +316,17 @@ async fn settings(state: &AppState, azure: &Azure, team: &Team) -> Result<Value,
 
 fn parse_verify(body: &[u8]) -> Result<(String, String, String, String), ApiError> {
     let object = object(body, &["uri"])?;
-    let Some(Value::String(uri)) = object.get("uri") else {
-        return Err(ApiError::field(
-            "invalid_request",
-            "uri",
-            "uri is required: a https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB URL",
-        ));
-    };
+    let uri = required_string(
+        object.get("uri"),
+        "uri",
+        "an https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB URL as a string",
+    )?;
     match AttachmentRef::parse(uri) {
         Ok(AttachmentRef::AzureBlob {
             account,
             container,
             blob,
-        }) => Ok((uri.clone(), account, container, blob)),
+        }) => Ok((uri.to_owned(), account, container, blob)),
         Ok(other) => Err(ApiError::field(
             "invalid_uri",
             "uri",

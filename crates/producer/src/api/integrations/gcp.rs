@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use attache_domain::AttachmentRef;
+use attache_domain::{AttachmentRef, TeamId};
 use attache_gcp::integration::{
     LinkError, OBJECT_VIEWER_ROLE, TOKEN_CREATOR_ROLE, generate_identifier, suggested_account_id,
     validate_service_account,
@@ -19,7 +19,6 @@ use attache_gcp::storage::{Reader, classify_status, error_detail};
 use attache_gcp::{Gcp, TokenError};
 use attache_store::teams::Team;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -28,6 +27,7 @@ use serde_json::{Value, json};
 use super::object;
 use crate::api::AppState;
 use crate::api::auth::Caller;
+use crate::api::body::{JsonBody, required_string};
 use crate::api::error::ApiError;
 
 fn gcp(state: &AppState) -> Result<&Arc<Gcp>, ApiError> {
@@ -51,7 +51,7 @@ pub async fn show(
 pub async fn link(
     State(state): State<AppState>,
     Caller(team): Caller,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let gcp = gcp(&state)?;
     let service_account = parse_link(&body)?;
@@ -59,13 +59,9 @@ pub async fn link(
     validate_service_account(&service_account, &identifier).map_err(|message| {
         ApiError::field("invalid_service_account", "service_account", message)
     })?;
-    gcp.check_link(&service_account).await.map_err(|error| {
-        let status = match error {
-            LinkError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            LinkError::CannotImpersonate { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        };
-        ApiError::new(status, "gcp_link_failed", error.to_string()).at("service_account")
-    })?;
+    gcp.check_link(&service_account)
+        .await
+        .map_err(|error| link_error(error, team.id))?;
     state.store().link_gcp(team.id, &service_account).await?;
     tracing::info!(team_id = %team.id, "GCP impersonation activated");
     Ok(Json(settings(&state, gcp, &team).await?))
@@ -84,7 +80,7 @@ pub async fn unlink(
 pub async fn verify(
     State(state): State<AppState>,
     Caller(team): Caller,
-    body: Bytes,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let gcp = gcp(&state)?;
     let (bucket, object) = parse_verify(&body)?;
@@ -171,6 +167,28 @@ pub async fn verify(
     ))
 }
 
+/// Turns a failed impersonation check into the response. When IAM
+/// Credentials cannot be reached, the cause is logged, because it names our
+/// endpoint, and the message asks the customer to retry.
+fn link_error(error: LinkError, team_id: TeamId) -> ApiError {
+    match error {
+        LinkError::Unavailable(detail) => {
+            tracing::warn!(%team_id, error = %detail, "GCP impersonation check could not reach IAM Credentials");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "gcp_link_failed",
+                "Google Cloud IAM Credentials could not be reached, so the service account was not checked and nothing changed: send the same request again in a minute",
+            )
+        }
+        denied @ LinkError::CannotImpersonate { .. } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "gcp_link_failed",
+            denied.to_string(),
+        ),
+    }
+    .at("service_account")
+}
+
 /// Returns the team's identifier, generating it on first use.
 async fn identifier(state: &AppState, team: &Team) -> Result<String, ApiError> {
     // NOTE: a generated identifier that another team already has fails
@@ -200,25 +218,21 @@ async fn settings(state: &AppState, gcp: &Gcp, team: &Team) -> Result<Value, Api
 
 fn parse_link(body: &[u8]) -> Result<String, ApiError> {
     let object = object(body, &["service_account"])?;
-    let Some(Value::String(service_account)) = object.get("service_account") else {
-        return Err(ApiError::field(
-            "invalid_request",
-            "service_account",
-            "service_account is required: the email of your service account, as a string",
-        ));
-    };
-    Ok(service_account.clone())
+    let service_account = required_string(
+        object.get("service_account"),
+        "service_account",
+        "the email of your service account as a string",
+    )?;
+    Ok(service_account.to_owned())
 }
 
 fn parse_verify(body: &[u8]) -> Result<(String, String), ApiError> {
     let object = object(body, &["uri"])?;
-    let Some(Value::String(uri)) = object.get("uri") else {
-        return Err(ApiError::field(
-            "invalid_request",
-            "uri",
-            "uri is required: a gs://bucket/object URI",
-        ));
-    };
+    let uri = required_string(
+        object.get("uri"),
+        "uri",
+        "a gs://bucket/object URI as a string",
+    )?;
     match AttachmentRef::parse(uri) {
         Ok(AttachmentRef::Gcs { bucket, object }) => Ok((bucket, object)),
         Ok(other) => Err(ApiError::field(
@@ -230,5 +244,34 @@ fn parse_verify(body: &[u8]) -> Result<(String, String), ApiError> {
             ),
         )),
         Err(error) => Err(ApiError::field("invalid_uri", "uri", error.message())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_iam_hides_transport_detail() {
+        let detail = "error sending request for url (https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/x:generateAccessToken)";
+        let error = link_error(LinkError::Unavailable(detail.to_owned()), TeamId::new());
+        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.code, "gcp_link_failed");
+        assert_eq!(error.field.as_deref(), Some("service_account"));
+        assert!(!error.message.contains("googleapis"), "{}", error.message);
+        assert!(error.message.contains("again"), "{}", error.message);
+    }
+
+    #[test]
+    fn wrong_type_service_account_is_not_missing() {
+        let error = parse_link(br#"{"service_account": 7}"#).unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("service_account"));
+        assert!(
+            error
+                .message
+                .starts_with("service_account must be a string"),
+            "{}",
+            error.message
+        );
     }
 }
