@@ -27,9 +27,11 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// Directives added to the default filter for libraries whose info logs
-/// repeat Attaché's own: refinery logs every migration it applies, which
-/// `attache_store` also logs, with the version as a field.
-const QUIET_LIBRARIES: &str = "refinery_core=warn";
+/// repeat Attaché's own or carry nothing to act on. Refinery logs every
+/// migration it applies, which `attache_store` also logs. tokio-postgres
+/// logs each server NOTICE, such as the one for refinery's
+/// `CREATE TABLE IF NOT EXISTS` at every start.
+const QUIET_LIBRARIES: &str = "refinery_core=warn,tokio_postgres=warn";
 
 /// Installs the global log subscriber. Filters come from `RUST_LOG`, with
 /// `info` as the default. Logs go to stderr, keeping stdout for command
@@ -237,7 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn default_filter_hides_refinery_info() {
+    fn default_filter_hides_library_info() {
         let lines = Lines::default();
         let writer = lines.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -248,6 +250,7 @@ mod tests {
             tracing::info!(target: "refinery_core::traits::r#async", "applying migration: V1__tasks");
             tracing::warn!(target: "refinery_core::traits::r#async", "migration failed");
             tracing::info!(target: "attache_store", version = 1, "applied migration");
+            tracing::info!(target: "tokio_postgres::connection", "NOTICE: relation exists");
         });
 
         let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
@@ -257,5 +260,6 @@ mod tests {
         );
         assert!(logged.contains("migration failed"), "{logged}");
         assert!(logged.contains("applied migration"), "{logged}");
+        assert!(!logged.contains("NOTICE"), "{logged}");
     }
 }

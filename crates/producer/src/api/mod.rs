@@ -70,17 +70,28 @@ pub mod paths {
 /// Request limits.
 #[derive(Args, Clone, Debug)]
 pub struct Limits {
-    /// Maximum number of attachments in one task.
-    #[arg(long, env = "ATTACHE_MAX_ATTACHMENTS_PER_TASK", default_value_t = 100)]
+    /// Maximum number of attachments in one task, at least 1.
+    #[arg(long, env = "ATTACHE_MAX_ATTACHMENTS_PER_TASK", default_value_t = 100, value_parser = at_least_one)]
     pub max_attachments_per_task: usize,
 
-    /// Maximum size of the `metadata` object, in bytes of compact JSON.
-    #[arg(long, env = "ATTACHE_MAX_METADATA_BYTES", default_value_t = 16 * 1024)]
+    /// Maximum size of the `metadata` object, in bytes of compact JSON, at
+    /// least 1.
+    #[arg(long, env = "ATTACHE_MAX_METADATA_BYTES", default_value_t = 16 * 1024, value_parser = at_least_one)]
     pub max_metadata_bytes: usize,
 
-    /// Maximum size of a request body, in bytes.
-    #[arg(long, env = "ATTACHE_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
+    /// Maximum size of a request body, in bytes, at least 1.
+    #[arg(long, env = "ATTACHE_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024, value_parser = at_least_one)]
     pub max_request_bytes: usize,
+}
+
+/// Parses a limit, which must be a whole number of at least 1: a limit of 0
+/// would reject every request.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("a limit of 0 would reject every request: give 1 or more".to_owned()),
+        Ok(value) => Ok(value),
+        Err(_) => Err(format!("`{text}` is not a whole number: give 1 or more")),
+    }
 }
 
 impl Default for Limits {
@@ -280,6 +291,19 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+
+    #[test]
+    fn limits_reject_zero_and_non_numbers() {
+        assert_eq!(at_least_one("1"), Ok(1));
+        assert_eq!(
+            at_least_one("0"),
+            Err("a limit of 0 would reject every request: give 1 or more".to_owned())
+        );
+        assert_eq!(
+            at_least_one("-1"),
+            Err("`-1` is not a whole number: give 1 or more".to_owned())
+        );
+    }
 
     /// Returns the (method, path) pairs that the OpenAPI document describes.
     /// OpenAPI and axum 0.8 both write path parameters as `{task_id}`, so
