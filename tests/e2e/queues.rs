@@ -56,6 +56,37 @@ async fn publish_redelivered(deployment: &Deployment, job: &JobMessage, count: i
     let _ = connection.close(200, "done".into()).await;
 }
 
+/// Writes a task and its attachments straight to the database, without an
+/// outbox row, so the only jobs for them are the ones a test publishes.
+/// Returns the task's id and its attachments' ids, in `uris` order.
+async fn insert_task(
+    deployment: &Deployment,
+    callback_url: &str,
+    uris: &[String],
+) -> (TaskId, Vec<AttachmentId>) {
+    let task_id = TaskId::new();
+    let ids: Vec<AttachmentId> = uris.iter().map(|_| AttachmentId::new()).collect();
+    let database = deployment.database().await;
+    database
+        .execute(
+            "INSERT INTO tasks (id, team_id, callback_url, request_hash) VALUES ($1, $2, $3, '')",
+            &[&task_id.0, &deployment.team.team_id.0, &callback_url],
+        )
+        .await
+        .unwrap();
+    for (position, (id, uri)) in ids.iter().zip(uris).enumerate() {
+        database
+            .execute(
+                "INSERT INTO attachments (id, task_id, position, uri, provider)
+                 VALUES ($1, $2, $3, $4, 'http')",
+                &[&id.0, &task_id.0, &(position as i32), uri],
+            )
+            .await
+            .unwrap();
+    }
+    (task_id, ids)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn undecodable_messages_are_dead_lettered() {
     let deployment = Deployment::start(Options::default()).await;
@@ -137,26 +168,10 @@ async fn duplicate_and_unknown_jobs_change_nothing() {
 async fn job_delivered_too_often_fails_for_good() {
     let deployment = Deployment::start(Options::default()).await;
     let receiver = Receiver::start([]).await;
-    // A task written straight to the database, without an outbox row, so
-    // the only job for its attachment is the one published below.
-    let attachment_id = AttachmentId::new();
-    let task_id = uuid::Uuid::now_v7();
-    let database = deployment.database().await;
-    database
-        .execute(
-            "INSERT INTO tasks (id, team_id, callback_url, request_hash) VALUES ($1, $2, $3, '')",
-            &[&task_id, &deployment.team.team_id.0, &receiver.url()],
-        )
-        .await
-        .unwrap();
-    database
-        .execute(
-            "INSERT INTO attachments (id, task_id, position, uri, provider)
-             VALUES ($1, $2, 0, 'http://127.0.0.1:9/never', 'http')",
-            &[&attachment_id.0, &task_id],
-        )
-        .await
-        .unwrap();
+    // The only job for the attachment is the one published below.
+    let never = ["http://127.0.0.1:9/never".to_owned()];
+    let (_, ids) = insert_task(&deployment, &receiver.url(), &never).await;
+    let attachment_id = ids[0];
 
     // The job claims to have been delivered as often as the queue allows,
     // as after repeated worker crashes.
@@ -188,29 +203,11 @@ async fn redelivered_group_skips_recorded_jobs() {
     let source = Source::start(names.map(|name| (name, SourceFile::new(name, "text/plain")))).await;
     let receiver = Receiver::start([]).await;
 
-    // A task written straight to the database, without an outbox row, whose
-    // first attachment was recorded before the worker holding the group
-    // stopped.
-    let task_id = TaskId::new();
-    let ids: Vec<AttachmentId> = names.iter().map(|_| AttachmentId::new()).collect();
+    // The task's first attachment was recorded before the worker holding
+    // the group stopped.
+    let uris: Vec<String> = names.iter().map(|name| source.url(name)).collect();
+    let (task_id, ids) = insert_task(&deployment, &receiver.url(), &uris).await;
     let database = deployment.database().await;
-    database
-        .execute(
-            "INSERT INTO tasks (id, team_id, callback_url, request_hash) VALUES ($1, $2, $3, '')",
-            &[&task_id.0, &deployment.team.team_id.0, &receiver.url()],
-        )
-        .await
-        .unwrap();
-    for (position, (id, name)) in ids.iter().zip(names).enumerate() {
-        database
-            .execute(
-                "INSERT INTO attachments (id, task_id, position, uri, provider)
-                 VALUES ($1, $2, $3, $4, 'http')",
-                &[&id.0, &task_id.0, &(position as i32), &source.url(name)],
-            )
-            .await
-            .unwrap();
-    }
     database
         .execute(
             "UPDATE attachments SET status = 'succeeded', attempts = 1, size_bytes = 8,
@@ -253,29 +250,18 @@ async fn given_up_group_spares_retried_jobs() {
     let deployment = Deployment::start(Options::default()).await;
     let receiver = Receiver::start([]).await;
 
-    // A task written straight to the database: its first attachment still
-    // waits for its first attempt, its second had one and waits for a
-    // retry, which another job carries.
-    let task_id = TaskId::new();
-    let ids = [AttachmentId::new(), AttachmentId::new()];
+    // The task's first attachment still waits for its first attempt. Its
+    // second had one and waits for a retry, which another job carries.
+    let never = vec!["http://127.0.0.1:9/never".to_owned(); 2];
+    let (task_id, ids) = insert_task(&deployment, &receiver.url(), &never).await;
     let database = deployment.database().await;
     database
         .execute(
-            "INSERT INTO tasks (id, team_id, callback_url, request_hash) VALUES ($1, $2, $3, '')",
-            &[&task_id.0, &deployment.team.team_id.0, &receiver.url()],
+            "UPDATE attachments SET attempts = 1 WHERE id = $1",
+            &[&ids[1].0],
         )
         .await
         .unwrap();
-    for (position, id) in ids.iter().enumerate() {
-        database
-            .execute(
-                "INSERT INTO attachments (id, task_id, position, uri, provider, attempts)
-                 VALUES ($1, $2, $3, 'http://127.0.0.1:9/never', 'http', $3)",
-                &[&id.0, &task_id.0, &(position as i32)],
-            )
-            .await
-            .unwrap();
-    }
 
     let jobs = ids
         .iter()
