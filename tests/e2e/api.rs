@@ -186,21 +186,35 @@ async fn idempotency_key_replays_original_task() {
     deployment.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn oversized_body_is_rejected_unread() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// Opens a connection to the API and sends a POST to `path` that announces
+/// `content_length` bytes of JSON but sends only `body_start`.
+async fn send_partial_post(
+    deployment: &Deployment,
+    path: &str,
+    content_length: usize,
+    body_start: &str,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
 
-    let deployment = Deployment::start(Options::default()).await;
-    // Announce a body far over the limit and send none of it: the answer
-    // must come without waiting for the body.
     let mut stream = tokio::net::TcpStream::connect(deployment.api)
         .await
         .unwrap();
     let head = format!(
-        "POST /v1/tasks HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 5000000\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n{body_start}",
         deployment.api, deployment.team.api_key
     );
     stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversized_body_is_rejected_unread() {
+    use tokio::io::AsyncReadExt;
+
+    let deployment = Deployment::start(Options::default()).await;
+    // Announce a body far over the limit and send none of it: the response
+    // must come without waiting for the body.
+    let mut stream = send_partial_post(&deployment, "/v1/tasks", 5_000_000, "").await;
     let mut response = vec![0; 1024];
     let read = tokio::time::timeout(
         std::time::Duration::from_secs(5),
@@ -311,19 +325,12 @@ async fn oversized_chunked_body_returns_json_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stalled_body_returns_408() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
 
     let deployment = Deployment::start(Options::default()).await;
     // Announce 100 bytes, send 10 and wait: the API gives up after its
     // 10 s body timeout.
-    let mut stream = tokio::net::TcpStream::connect(deployment.api)
-        .await
-        .unwrap();
-    let head = format!(
-        "POST /v1/replays HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"kind\": \"",
-        deployment.api, deployment.team.api_key
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut stream = send_partial_post(&deployment, "/v1/replays", 100, r#"{"kind": ""#).await;
     let mut response = Vec::new();
     tokio::time::timeout(
         std::time::Duration::from_secs(20),

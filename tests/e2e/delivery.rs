@@ -270,22 +270,9 @@ async fn ipv6_callback_via_ipv4_members_dies() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
 
-    let database = deployment.database().await;
-    let row = eventually(
-        Duration::from_secs(20),
-        "the callback to be dead",
-        || async {
-            let row = database
-                .query_opt("SELECT status, attempts, last_error FROM callbacks", &[])
-                .await
-                .unwrap()?;
-            (row.get::<_, &str>(0) != "pending").then_some(row)
-        },
-    )
-    .await;
-    let last_error: &str = row.get(2);
-    assert_eq!(row.get::<_, &str>(0), "dead", "{last_error}");
-    assert_eq!(row.get::<_, i32>(1), 1, "no retry: {last_error}");
+    let (status, attempts, last_error) = deployment.settled_callback().await;
+    assert_eq!(status, "dead", "{last_error}");
+    assert_eq!(attempts, 1, "no retry: {last_error}");
     assert!(
         last_error.contains("every egress member connects over IPv4"),
         "{last_error}"

@@ -196,22 +196,9 @@ async fn denied_callback_destination_is_dead() {
         .await;
     assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{accepted}");
 
-    let database = deployment.database().await;
-    let row = eventually(
-        Duration::from_secs(20),
-        "the callback to be dead",
-        || async {
-            let row = database
-                .query_opt("SELECT status, attempts, last_error FROM callbacks", &[])
-                .await
-                .unwrap()?;
-            (row.get::<_, &str>(0) != "pending").then_some(row)
-        },
-    )
-    .await;
-    assert_eq!(row.get::<_, &str>(0), "dead");
-    assert_eq!(row.get::<_, i32>(1), 1);
-    let error: &str = row.get(2);
+    let (status, attempts, error) = deployment.settled_callback().await;
+    assert_eq!(status, "dead");
+    assert_eq!(attempts, 1);
     assert!(
         error.contains("destination_forbidden") && error.contains("unique local"),
         "{error}"

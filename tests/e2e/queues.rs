@@ -87,6 +87,18 @@ async fn insert_task(
     (task_id, ids)
 }
 
+/// Returns the group message of the first attempts of `ids`.
+fn first_attempts(task_id: TaskId, ids: &[AttachmentId]) -> JobMessage {
+    let jobs = ids
+        .iter()
+        .map(|&attachment_id| FetchJob {
+            attachment_id,
+            attempt: 0,
+        })
+        .collect();
+    JobMessage::FetchGroup(FetchGroupJob { task_id, jobs })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn undecodable_messages_are_dead_lettered() {
     let deployment = Deployment::start(Options::default()).await;
@@ -217,14 +229,7 @@ async fn redelivered_group_skips_recorded_jobs() {
         .await
         .unwrap();
 
-    let jobs = ids
-        .iter()
-        .map(|&attachment_id| FetchJob {
-            attachment_id,
-            attempt: 0,
-        })
-        .collect();
-    let group = JobMessage::FetchGroup(FetchGroupJob { task_id, jobs });
+    let group = first_attempts(task_id, &ids);
     publish(&deployment, QueueKind::Fetch, group.encode()).await;
 
     let payload = receiver.wait_for(1).await[0].json();
@@ -263,14 +268,7 @@ async fn given_up_group_spares_retried_jobs() {
         .await
         .unwrap();
 
-    let jobs = ids
-        .iter()
-        .map(|&attachment_id| FetchJob {
-            attachment_id,
-            attempt: 0,
-        })
-        .collect();
-    let group = JobMessage::FetchGroup(FetchGroupJob { task_id, jobs });
+    let group = first_attempts(task_id, &ids);
     publish_redelivered(&deployment, &group, 5).await;
     eventually(
         Duration::from_secs(10),

@@ -145,14 +145,7 @@ impl Store {
     /// recorded is stale and skipped.
     pub async fn postpone_fetch(&self, job: FetchJob, delay: Duration) -> Result<()> {
         let client = self.pool.get().await?;
-        crate::cached::execute(
-            &client,
-            "INSERT INTO outbox (kind, payload, available_at)
-             VALUES ('fetch', $1, now() + make_interval(secs => $2))",
-            &[&JobMessage::Fetch(job).to_json(), &delay.as_secs_f64()],
-        )
-        .await?;
-        Ok(())
+        queue_fetch_jobs(&client, &[(job, delay)]).await
     }
 
     /// Records one attempt, schedules the next one on [`FetchResult::Retry`],
@@ -370,25 +363,38 @@ async fn schedule_retries(tx: &Transaction<'_>, attempts: &[&FetchAttempt]) -> R
     if attempts.is_empty() {
         return Ok(());
     }
-    let mut jobs = Vec::with_capacity(attempts.len());
-    let mut delays = Vec::with_capacity(attempts.len());
-    for attempt in attempts {
-        let FetchResult::Retry { delay, .. } = attempt.result else {
-            continue;
-        };
-        let job = JobMessage::Fetch(FetchJob {
-            attachment_id: attempt.attachment_id,
-            attempt: attempt.attempt + 1,
-        });
-        jobs.push(job.to_json());
-        delays.push(delay.as_secs_f64());
-    }
+    let jobs: Vec<(FetchJob, Duration)> = attempts
+        .iter()
+        .filter_map(|attempt| match attempt.result {
+            FetchResult::Retry { delay, .. } => Some((
+                FetchJob {
+                    attachment_id: attempt.attachment_id,
+                    attempt: attempt.attempt + 1,
+                },
+                delay,
+            )),
+            _ => None,
+        })
+        .collect();
+    queue_fetch_jobs(tx, &jobs).await
+}
+
+/// Writes each job as an outbox row that becomes due after its delay.
+async fn queue_fetch_jobs(
+    client: &impl deadpool_postgres::GenericClient,
+    jobs: &[(FetchJob, Duration)],
+) -> Result<()> {
+    let payloads: Vec<serde_json::Value> = jobs
+        .iter()
+        .map(|(job, _)| JobMessage::Fetch(*job).to_json())
+        .collect();
+    let delays: Vec<f64> = jobs.iter().map(|(_, delay)| delay.as_secs_f64()).collect();
     crate::cached::execute(
-        tx,
+        client,
         "INSERT INTO outbox (kind, payload, available_at)
          SELECT 'fetch', job, now() + make_interval(secs => delay)
          FROM UNNEST($1::jsonb[], $2::float8[]) AS j (job, delay)",
-        &[&jobs, &delays],
+        &[&payloads, &delays],
     )
     .await?;
     Ok(())

@@ -387,6 +387,28 @@ impl Deployment {
         .await
     }
 
+    /// Waits until the deployment's only callback is no longer pending and
+    /// returns its status, attempts and last error.
+    pub async fn settled_callback(&self) -> (String, i32, String) {
+        let database = self.database().await;
+        eventually(
+            Duration::from_secs(20),
+            "the callback to settle",
+            || async {
+                let row = database
+                    .query_opt(
+                        "SELECT status, attempts, coalesce(last_error, '') FROM callbacks",
+                        &[],
+                    )
+                    .await
+                    .unwrap()?;
+                let status: String = row.get(0);
+                (status != "pending").then(|| (status, row.get(1), row.get(2)))
+            },
+        )
+        .await
+    }
+
     /// Reads `kind`'s dead-letter queue depth through a passive declare.
     pub async fn dead_letter_depth(&self, kind: QueueKind) -> u32 {
         let connection = lapin::Connection::connect(&self.amqp_url, Default::default())

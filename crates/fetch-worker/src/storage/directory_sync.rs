@@ -65,10 +65,16 @@ impl DirectorySyncs {
                 if !found_existing {
                     missing.push(ancestor.to_owned());
                     entries.insert(ancestor.to_owned());
+                } else if entries.is_empty() {
+                    break;
                 } else if entries.contains(ancestor) {
                     unsynced.push(ancestor.to_owned());
                 }
             }
+        }
+        // The usual case: the directory exists and its entries are durable.
+        if missing.is_empty() && unsynced.is_empty() {
+            return Ok(());
         }
 
         let result = std::fs::create_dir_all(directory).and_then(|()| {

@@ -152,7 +152,7 @@ pub async fn verify(
 }
 
 /// Turns a failed role check into the response. When STS cannot be
-/// reached, the cause is logged and the message asks the customer to retry.
+/// reached, the cause is logged and the message tells the customer to retry.
 fn link_error(error: LinkError, team_id: TeamId) -> ApiError {
     if let LinkError::Unavailable(detail) = &error {
         tracing::warn!(%team_id, error = %detail, "AWS role check could not reach STS");

@@ -169,7 +169,7 @@ pub async fn verify(
 
 /// Turns a failed impersonation check into the response. When IAM
 /// Credentials cannot be reached, the cause is logged, because it names our
-/// endpoint, and the message asks the customer to retry.
+/// endpoint, and the message tells the customer to retry.
 fn link_error(error: LinkError, team_id: TeamId) -> ApiError {
     match error {
         LinkError::Unavailable(detail) => {
