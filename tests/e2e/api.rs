@@ -75,6 +75,13 @@ async fn invalid_request_error_names_field() {
         }
         let response = sent.expect("one of five oversized requests got a response");
         let actual_status = response.status();
+        if code == "request_too_large" {
+            assert_eq!(
+                response.headers().get("connection").map(|v| v.as_bytes()),
+                Some(&b"close"[..]),
+                "{body_start}: a 413 before the body was read closes the connection"
+            );
+        }
         let error: serde_json::Value = response.json().await.expect("every answer is JSON");
         assert_eq!(actual_status, status, "{body_start}: {error}");
         assert_eq!(error["error"]["code"], code, "{body_start}: {error}");

@@ -5,7 +5,7 @@
 //! header or path parameter, or is `null` when no single one is at fault.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -51,6 +51,11 @@ impl ApiError {
             "the service cannot complete the request right now; retry it with the same Idempotency-Key",
         )
     }
+
+    /// Whether the error answers a request before its body was read whole.
+    fn leaves_body_unread(&self) -> bool {
+        matches!(self.code, "request_too_large" | "request_timeout")
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -59,7 +64,16 @@ impl IntoResponse for ApiError {
         let body = json!({
             "error": { "code": self.code, "field": self.field, "message": self.message }
         });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.leaves_body_unread() {
+            // The rest of the body may still be on its way, so the connection
+            // cannot carry another request. Saying so keeps the client from
+            // sending its next request down a connection about to close.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 
