@@ -52,8 +52,9 @@ impl ApiError {
         )
     }
 
-    /// Whether the error answers a request before its body was read whole.
-    fn leaves_body_unread(&self) -> bool {
+    /// Returns whether the error rejects a request before its body was read
+    /// whole.
+    fn rejects_unread_body(&self) -> bool {
         matches!(self.code, "request_too_large" | "request_timeout")
     }
 }
@@ -65,10 +66,9 @@ impl IntoResponse for ApiError {
             "error": { "code": self.code, "field": self.field, "message": self.message }
         });
         let mut response = (self.status, Json(body)).into_response();
-        if self.leaves_body_unread() {
-            // The rest of the body may still be on its way, so the connection
-            // cannot carry another request. Saying so keeps the client from
-            // sending its next request down a connection about to close.
+        if self.rejects_unread_body() {
+            // The server closes a connection whose body it did not read. The
+            // header tells the client not to reuse it for the next request.
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
