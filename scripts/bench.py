@@ -86,6 +86,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " (default: this work tree's commit, marked when it has uncommitted changes)",
     )
     parser.add_argument(
+        "--keep-files",
+        action="store_true",
+        help="leave the fetched files of this run for the next run to move aside, instead of"
+        " deleting them at the end: deleting tens of thousands of files slows file creation"
+        " for minutes after, so back-to-back runs compare fairly only with this flag."
+        " Delete .run/bench*-trash and .run/bench*/retired-attachments when done",
+    )
+    parser.add_argument(
         "--only",
         type=parse_phases,
         default=PHASES,
@@ -339,10 +347,11 @@ def main(argv: list[str] | None = None) -> int:
             say(f"warning: {warning}")
         for helper in helpers:
             helper.stop()
-        for service in all_services:
-            store_dir = Path(service.env["ATTACHE_STORE_DIR"])
-            shutil.rmtree(fleet.retired_stores(store_dir), ignore_errors=True)
-        shutil.rmtree(trash_dir(args.run_dir), ignore_errors=True)
+        if not args.keep_files:
+            for service in all_services:
+                store_dir = Path(service.env["ATTACHE_STORE_DIR"])
+                shutil.rmtree(fleet.retired_stores(store_dir), ignore_errors=True)
+            shutil.rmtree(trash_dir(args.run_dir), ignore_errors=True)
     report.write(results, args.output)
     say(f"wrote {args.output}")
     return 0

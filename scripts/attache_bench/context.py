@@ -55,9 +55,10 @@ class Context:
             )
         return report
 
-    def reset(self) -> None:
-        """Empty the pipeline and the receiver before a phase."""
-        fleet.clear_data(self.database, self.store_dir)
+    def reset(self, history_tasks: int = 0) -> None:
+        """Empty the pipeline and the receiver before a phase, then seed
+        `history_tasks` finished tasks (see fleet.clear_data)."""
+        fleet.clear_data(self.database, self.store_dir, history_tasks)
         status, _ = request_json("POST", f"{self.receiver.url}/reset")
         if status != 204:
             raise DemoError(f"POST {self.receiver.url}/reset returned {status}")

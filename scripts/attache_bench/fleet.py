@@ -30,6 +30,8 @@ CONCURRENCY = 128
 DATABASE_POOL_SIZE = 12
 # Above the 2 GiB attachment of the memory phase.
 MAX_ATTACHMENT_BYTES = 3 * 1024**3
+# Attachments per task of the finished tasks that clear_data may seed.
+HISTORY_ATTACHMENTS = 5
 
 
 def run_names(smoke: bool) -> tuple[str, str]:
@@ -149,8 +151,16 @@ def retired_stores(store_dir: Path) -> Path:
     return store_dir.parent / "retired-attachments"
 
 
-def clear_data(database: infra.Database, store_dir: Path) -> None:
+def clear_data(database: infra.Database, store_dir: Path, history_tasks: int = 0) -> None:
     """Empty the pipeline tables, keeping the teams, and start a new attachment store.
+
+    The first team then gets `history_tasks` finished tasks of
+    HISTORY_ATTACHMENTS attachments each, and the tables are analyzed. A
+    running service has such history, and PostgreSQL plans prepared
+    statements by the table sizes it last analyzed. With empty tables, the
+    fleet keeps sequential-scan plans until autovacuum analyzes again, after
+    autovacuum_naptime (one minute by default), so for a whole run. Each
+    scan then reads every row inserted so far.
 
     The old store is moved aside, not deleted: ext4 skips recently freed
     inodes when it allocates new ones, after reading each one's deletion
@@ -174,6 +184,8 @@ def clear_data(database: infra.Database, store_dir: Path) -> None:
             "-c",
             "TRUNCATE outbox, callback_attempts, callbacks, attachments, tasks",
             "-c",
+            history_sql(history_tasks),
+            "-c",
             "VACUUM ANALYZE",
         ]
     )
@@ -182,6 +194,41 @@ def clear_data(database: infra.Database, store_dir: Path) -> None:
         retired.mkdir(exist_ok=True)
         store_dir.rename(retired / f"{time.time_ns()}")
     store_dir.mkdir(parents=True)
+
+
+def history_sql(tasks: int) -> str:
+    """Return the statement that gives the first team `tasks` finished tasks.
+
+    Each task has HISTORY_ATTACHMENTS succeeded attachments and a delivered
+    callback, all an hour old, with loopback URIs that nothing fetches.
+    """
+    return f"""
+        WITH team AS (SELECT id FROM teams ORDER BY id LIMIT 1),
+        task AS (
+            INSERT INTO tasks (id, team_id, callback_url, status, request_hash,
+                               created_at, completed_at)
+            SELECT gen_random_uuid(), team.id, 'http://127.0.0.1:9/history', 'succeeded',
+                   '\\x00', now() - interval '1 hour', now() - interval '1 hour'
+            FROM team, generate_series(1, {int(tasks)})
+            RETURNING id
+        ), attachment AS (
+            INSERT INTO attachments (id, task_id, position, uri, provider, status, attempts,
+                                     size_bytes, sha256, content_type, storage_key,
+                                     created_at, updated_at, completed_at)
+            SELECT gen_random_uuid(), task.id, position,
+                   'http://127.0.0.1:9/history/' || position, 'http', 'succeeded', 1,
+                   4096, repeat('0', 64), 'application/octet-stream', 'history',
+                   now() - interval '1 hour', now() - interval '1 hour',
+                   now() - interval '1 hour'
+            FROM task, generate_series(0, {HISTORY_ATTACHMENTS - 1}) AS position
+        )
+        INSERT INTO callbacks (id, task_id, url, payload, status, attempts, created_at,
+                               last_attempt_at, delivered_at)
+        SELECT gen_random_uuid(), task.id, 'http://127.0.0.1:9/history', '{{}}',
+               'delivered', 1, now() - interval '1 hour', now() - interval '1 hour',
+               now() - interval '1 hour'
+        FROM task
+    """
 
 
 def wait_for_empty_outbox(database: infra.Database, timeout: float) -> None:

@@ -166,7 +166,7 @@ class ThroughputRun:
 def measure_throughput(ctx: Context, fetch_workers: int, profile: bool) -> ThroughputRun:
     """Submit every task at once to a fleet of N fetch-workers and time the callbacks."""
     settings = ctx.settings
-    ctx.reset()
+    ctx.reset(history_tasks=settings.tasks)
     fleet_ = Fleet(ctx.services)
     fleet_.start(fetch_workers)
     probe = None
@@ -257,7 +257,7 @@ def measure_latency(ctx: Context) -> LatencyRun:
     """Submit tasks on a fixed schedule to a one-worker fleet and take percentiles."""
     settings = ctx.settings
     tasks = max(1, round(settings.latency_rate * settings.latency_seconds))
-    ctx.reset()
+    ctx.reset(history_tasks=settings.tasks)
     fleet_ = Fleet(ctx.services)
     fleet_.start(1)
     try:

@@ -7,6 +7,7 @@ from pathlib import Path
 from .credentials import CredentialRun
 from .machine import Machine
 from .memory import MemoryRun
+from .fleet import HISTORY_ATTACHMENTS
 from .phases import LatencyRun, References, ThroughputRun
 from .settings import Settings, size_text
 
@@ -221,7 +222,11 @@ def _throughput(results: Results) -> str:
     lines = [
         "## Throughput and scaling",
         "",
-        f"Each run submits {s.tasks:,} tasks of {s.attachments_per_task} attachments of"
+        f"Each run starts from a database that holds {s.tasks:,} finished tasks of"
+        f" {HISTORY_ATTACHMENTS} attachments, analyzed, as a running service's does: after"
+        " empty tables are analyzed, PostgreSQL keeps sequential-scan plans until autovacuum"
+        " analyzes again, which it does after a minute, later than a run ends. It then"
+        f" submits {s.tasks:,} tasks of {s.attachments_per_task} attachments of"
         f" {s.attachment_bytes:,} bytes ({s.attachments:,} attachments) with"
         f" {s.submit_concurrency} requests in flight, as fast as the API accepts them, and"
         " waits for every verified callback. The steady rate counts the callbacks between"
@@ -303,7 +308,8 @@ def _latency(results: Results) -> str:
     return f"""## Latency
 
 {lat.tasks:,} tasks of {results.settings.attachments_per_task} attachments submitted on a fixed
-schedule of {lat.rate:g} tasks/s to a fleet with one fetch-worker. A task's latency
+schedule of {lat.rate:g} tasks/s to a fleet with one fetch-worker, after the
+same {results.settings.tasks:,} finished tasks of history as the throughput runs. A task's latency
 runs from just before its POST /v1/tasks to the arrival of its verified
 callback, both read from the wall clock of this machine:
 p50 {lat.p50_ms:.1f} ms, p95 {lat.p95_ms:.1f} ms, p99 {lat.p99_ms:.1f} ms, max {lat.max_ms:.1f} ms.
