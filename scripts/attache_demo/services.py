@@ -10,6 +10,7 @@ then the same command again.
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,13 +24,26 @@ from . import DemoError
 from .api import answers_ok
 
 
+# Ports are picked below Linux's default ephemeral range (32768-60999), which
+# the kernel draws the source ports of outgoing connections from. A port
+# from that range, free when checked, can become the source port of one of
+# the fleet's many connections before the binary binds it.
+PORT_RANGE = (20000, 32767)
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free when this function checked it."""
-    # NOTE: another process may take the port before the binary binds it. The
+    # NOTE: another listener may take the port before the binary binds it. The
     # binary then fails to start and the demo stops with its log tail.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    for _ in range(100):
+        port = random.randint(*PORT_RANGE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise DemoError(f"no free port on 127.0.0.1 in {PORT_RANGE[0]}-{PORT_RANGE[1]}")
 
 
 def tail(path: Path, lines: int) -> str:

@@ -193,6 +193,47 @@ async fn idempotency_key_replays_original_task() {
     deployment.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_retries_create_one_task() {
+    let deployment = Deployment::start(Options::default()).await;
+    let body = task(json!([{"uri": "http://127.0.0.1:9/a"}, {"uri": "http://127.0.0.1:9/b"}]));
+
+    // Requests that arrive together are inserted in shared statements, where
+    // the retries of one key must still find a single task.
+    let keyed = (0..16).map(|_| deployment.submit(&body, Some("order-7")));
+    let unkeyed = (0..16).map(|_| deployment.submit(&body, None));
+    let (keyed, unkeyed) = tokio::join!(
+        futures_util::future::join_all(keyed),
+        futures_util::future::join_all(unkeyed)
+    );
+
+    let first = &keyed[0].1;
+    for (status, accepted) in &keyed {
+        assert_eq!(*status, StatusCode::ACCEPTED, "{accepted}");
+        assert_eq!(accepted["task_id"], first["task_id"]);
+        assert_eq!(accepted["attachments"], first["attachments"]);
+    }
+    let mut unkeyed_ids = std::collections::HashSet::new();
+    for (status, accepted) in &unkeyed {
+        assert_eq!(*status, StatusCode::ACCEPTED, "{accepted}");
+        unkeyed_ids.insert(accepted["task_id"].to_string());
+    }
+    assert_eq!(
+        unkeyed_ids.len(),
+        16,
+        "every request without a key is a task"
+    );
+
+    let database = deployment.database().await;
+    let count = |sql: &'static str| {
+        let database = &database;
+        async move { database.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM tasks").await, 17);
+    assert_eq!(count("SELECT count(*) FROM attachments").await, 34);
+    deployment.stop().await;
+}
+
 /// Opens a connection to the API and sends a POST to `path` that announces
 /// `content_length` bytes of JSON but sends only `body_start`.
 async fn send_partial_post(

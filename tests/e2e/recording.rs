@@ -2,7 +2,7 @@
 //! real database: which attempts of a batch count, and that every task
 //! completes exactly once with one callback whichever batches its
 //! attachments land in. Also how a new task's jobs are grouped into
-//! messages.
+//! messages, and how a batch of new tasks honours idempotency keys.
 
 use std::time::Duration;
 
@@ -44,32 +44,35 @@ impl Fixture {
         }
     }
 
+    /// Returns a new task of the team with `count` attachments.
+    fn new_task(&self, count: usize, idempotency_key: Option<&str>, request_hash: u8) -> NewTask {
+        NewTask {
+            id: TaskId::new(),
+            team_id: self.team.team_id,
+            callback_url: "https://hooks.example.com/attache".to_owned(),
+            metadata: json!({"case": "recording"}),
+            idempotency_key: idempotency_key.map(str::to_owned),
+            request_hash: vec![request_hash; 32],
+            attachments: (0..count)
+                .map(|position| NewAttachment {
+                    id: AttachmentId::new(),
+                    uri: format!("https://files.example.com/{position}.pdf"),
+                    provider: Provider::Http,
+                })
+                .collect(),
+        }
+    }
+
     /// Inserts a pending task with `count` attachments and returns their ids.
     async fn task(&self, count: usize) -> (TaskId, Vec<AttachmentId>) {
-        let id = TaskId::new();
-        let attachments: Vec<NewAttachment> = (0..count)
-            .map(|position| NewAttachment {
-                id: AttachmentId::new(),
-                uri: format!("https://files.example.com/{position}.pdf"),
-                provider: Provider::Http,
-            })
-            .collect();
-        let ids = attachments.iter().map(|a| a.id).collect();
+        let task = self.new_task(count, None, 0);
         let inserted = self
             .store
-            .insert_task(&NewTask {
-                id,
-                team_id: self.team.team_id,
-                callback_url: "https://hooks.example.com/attache".to_owned(),
-                metadata: json!({"case": "recording"}),
-                idempotency_key: None,
-                request_hash: vec![0; 32],
-                attachments,
-            })
+            .insert_task(&task)
             .await
             .expect("the task is inserted");
         assert!(matches!(inserted, Inserted::Created));
-        (id, ids)
+        (task.id, task.attachments.iter().map(|a| a.id).collect())
     }
 
     async fn stop(self) {
@@ -489,5 +492,78 @@ async fn new_task_queues_its_jobs_in_groups() {
             group(FETCH_GROUP_SIZE..FETCH_GROUP_SIZE + 4)
         ]
     );
+    fixture.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_batch_honours_idempotency_keys() {
+    let fixture = Fixture::start().await;
+    let earlier = fixture.new_task(1, Some("earlier"), 1);
+    let inserted = fixture.store.insert_task(&earlier).await.unwrap();
+    assert!(matches!(inserted, Inserted::Created));
+
+    let retried = fixture.new_task(2, Some("earlier"), 1);
+    let first = fixture.new_task(3, Some("shared"), 2);
+    let second = fixture.new_task(4, Some("shared"), 3);
+    let unkeyed = fixture.new_task(5, None, 4);
+    let batch = [&retried, &first, &second, &unkeyed];
+    let outcomes = fixture.store.insert_tasks(&batch).await.unwrap();
+
+    assert!(
+        matches!(&outcomes[0], Inserted::Existing { task_id, request_hash }
+            if *task_id == earlier.id && *request_hash == earlier.request_hash),
+        "{:?}",
+        outcomes[0]
+    );
+    assert!(
+        matches!(outcomes[1], Inserted::Created),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(
+        matches!(&outcomes[2], Inserted::Existing { task_id, request_hash }
+            if *task_id == first.id && *request_hash == first.request_hash),
+        "{:?}",
+        outcomes[2]
+    );
+    assert!(
+        matches!(outcomes[3], Inserted::Created),
+        "{:?}",
+        outcomes[3]
+    );
+
+    // Only the created tasks have rows, attachments and fetch jobs.
+    let client = fixture.database.client().await;
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM tasks").await, 3);
+    assert_eq!(count("SELECT count(*) FROM attachments").await, 1 + 3 + 5);
+    let rows = client
+        .query(
+            "SELECT payload FROM outbox WHERE kind = 'fetch' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut queued: Vec<AttachmentId> = rows
+        .iter()
+        .map(|row| JobMessage::decode(row.get::<_, Value>(0).to_string().as_bytes()).unwrap())
+        .flat_map(|message| match message {
+            JobMessage::Fetch(job) => vec![job.attachment_id],
+            JobMessage::FetchGroup(group) => {
+                group.jobs.iter().map(|job| job.attachment_id).collect()
+            }
+            JobMessage::Callback(_) => panic!("a callback job in the fetch rows"),
+        })
+        .collect();
+    let mut expected: Vec<AttachmentId> = [&earlier, &first, &unkeyed]
+        .iter()
+        .flat_map(|task| task.attachments.iter().map(|a| a.id))
+        .collect();
+    queued.sort_by_key(|id| id.0);
+    expected.sort_by_key(|id| id.0);
+    assert_eq!(queued, expected);
     fixture.stop().await;
 }

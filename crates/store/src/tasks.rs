@@ -1,17 +1,20 @@
 //! Accepting tasks and reading them back.
 //!
-//! A task, its attachments and one outbox row per attachment are written in
-//! one transaction, so every task accepted with 202 has its jobs queued. A
-//! unique index on the team and idempotency key rejects duplicates. A
-//! concurrent duplicate waits for the first insert to commit and then reads
-//! the existing task.
+//! A task, its attachments and its fetch jobs (one outbox row per group of
+//! jobs) are written in one transaction, so every task accepted with 202 has
+//! its jobs queued. Many tasks can share that transaction. A unique index on
+//! the team and idempotency key rejects duplicates. A concurrent duplicate
+//! waits for the first insert to commit and then reads the existing task.
+
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet};
 
 use attache_domain::{AttachmentId, FetchJob, JobMessage, Provider, TaskId, TeamId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::{Result, Store, parse_column};
+use crate::{Result, Store, StoreError, parse_column};
 
 /// A validated task, ready to insert.
 pub struct NewTask {
@@ -32,6 +35,7 @@ pub struct NewAttachment {
 }
 
 /// The outcome of [`Store::insert_task`].
+#[derive(Clone, Debug)]
 pub enum Inserted {
     /// The task is new and committed.
     Created,
@@ -73,79 +77,95 @@ impl Store {
     /// Inserts a task, its attachments and their fetch jobs in one
     /// transaction, unless the team already used the idempotency key.
     pub async fn insert_task(&self, task: &NewTask) -> Result<Inserted> {
-        let client = self.pool.get().await?;
-        let ids: Vec<Uuid> = task.attachments.iter().map(|a| a.id.0).collect();
-        let positions: Vec<i32> = (0..task.attachments.len() as i32).collect();
-        let uris: Vec<&str> = task.attachments.iter().map(|a| a.uri.as_str()).collect();
-        let providers: Vec<&str> = task
-            .attachments
-            .iter()
-            .map(|a| a.provider.as_str())
-            .collect();
-        let jobs: Vec<FetchJob> = task
-            .attachments
-            .iter()
-            .map(|a| FetchJob {
-                attachment_id: a.id,
-                attempt: 0,
-            })
-            .collect();
-        let jobs: Vec<serde_json::Value> = JobMessage::fetches(task.id, &jobs)
-            .iter()
-            .map(JobMessage::to_json)
-            .collect();
+        let mut inserted = self.insert_tasks(std::slice::from_ref(task)).await?;
+        Ok(inserted.remove(0))
+    }
 
-        // One statement is one transaction and one round trip. The
-        // attachments and jobs are written only when the task row is.
-        let inserted: i64 = crate::cached::query_one(
+    /// Inserts many tasks in one statement and transaction, as
+    /// [`Store::insert_task`] does for one, and returns their outcomes in the
+    /// order given. Of two tasks in `tasks` with the same team and
+    /// idempotency key, the first is inserted and the second finds it, as a
+    /// later request would.
+    pub async fn insert_tasks<T: Borrow<NewTask> + Sync>(
+        &self,
+        tasks: &[T],
+    ) -> Result<Vec<Inserted>> {
+        // Rows go in by team and key, so two batches that share keys wait on
+        // them in the same order. A batch rejected all the same, by a
+        // deadlock or one bad row, is retried task by task by the caller.
+        let mut ordered: Vec<&NewTask> = tasks.iter().map(Borrow::borrow).collect();
+        ordered.sort_by(|a, b| {
+            (a.team_id.0, &a.idempotency_key).cmp(&(b.team_id.0, &b.idempotency_key))
+        });
+        let columns = TaskColumns::new(&ordered);
+        let client = self.pool.get().await?;
+
+        // One statement is one transaction and one round trip. Attachments
+        // and jobs are written only for the task rows that are.
+        let rows = crate::cached::query(
             &client,
             "WITH task AS (
                  INSERT INTO tasks (id, team_id, callback_url, metadata, idempotency_key,
                                     request_hash)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[],
+                                      $5::text[], $6::bytea[])
                  ON CONFLICT (team_id, idempotency_key) DO NOTHING
                  RETURNING id
              ), attachments AS (
                  INSERT INTO attachments (id, task_id, position, uri, provider)
-                 SELECT a.id, task.id, a.position, a.uri, a.provider
-                 FROM task, UNNEST($7::uuid[], $8::int[], $9::text[], $10::text[])
-                     AS a (id, position, uri, provider)
+                 SELECT a.id, a.task_id, a.position, a.uri, a.provider
+                 FROM UNNEST($7::uuid[], $8::uuid[], $9::int[], $10::text[], $11::text[])
+                     AS a (id, task_id, position, uri, provider)
+                 JOIN task ON task.id = a.task_id
              ), jobs AS (
                  INSERT INTO outbox (kind, payload)
-                 SELECT 'fetch', j.job FROM task, UNNEST($11::jsonb[]) AS j (job)
+                 SELECT 'fetch', j.job
+                 FROM UNNEST($12::uuid[], $13::jsonb[]) WITH ORDINALITY AS j (task_id, job, n)
+                 JOIN task ON task.id = j.task_id
+                 ORDER BY j.n
              )
-             SELECT count(*) FROM task",
+             SELECT id FROM task",
             &[
-                &task.id.0,
-                &task.team_id.0,
-                &task.callback_url,
-                &task.metadata,
-                &task.idempotency_key,
-                &task.request_hash,
-                &ids,
-                &positions,
-                &uris,
-                &providers,
-                &jobs,
+                &columns.ids,
+                &columns.team_ids,
+                &columns.callback_urls,
+                &columns.metadata,
+                &columns.idempotency_keys,
+                &columns.request_hashes,
+                &columns.attachment_ids,
+                &columns.attachment_tasks,
+                &columns.positions,
+                &columns.uris,
+                &columns.providers,
+                &columns.job_tasks,
+                &columns.jobs,
             ],
         )
-        .await?
-        .get(0);
-        if inserted == 1 {
-            return Ok(Inserted::Created);
-        }
-        let row = crate::cached::query_one(
-            &client,
-            "SELECT id, request_hash FROM tasks WHERE team_id = $1 AND idempotency_key = $2",
-            &[&task.team_id.0, &task.idempotency_key],
-        )
         .await?;
-        Ok(Inserted::Existing {
-            task_id: TaskId(row.get("id")),
-            request_hash: row.get("request_hash"),
-        })
-    }
+        let created: HashSet<Uuid> = rows.iter().map(|row| row.get("id")).collect();
+        let existing = if created.len() == ordered.len() {
+            HashMap::new()
+        } else {
+            existing_tasks(&client, &ordered, &created).await?
+        };
 
+        tasks
+            .iter()
+            .map(|task| {
+                let task = task.borrow();
+                if created.contains(&task.id.0) {
+                    return Ok(Inserted::Created);
+                }
+                let key = (task.team_id.0, task.idempotency_key.clone());
+                existing.get(&key).cloned().ok_or_else(|| {
+                    StoreError::Startup(format!(
+                        "task {} was not inserted, and its team has no task with its idempotency key",
+                        task.id
+                    ))
+                })
+            })
+            .collect()
+    }
     /// Reads a task of `team_id` with its attachments. Returns `None` when the
     /// task does not exist or belongs to another team.
     pub async fn task_view(&self, team_id: TeamId, task_id: TaskId) -> Result<Option<TaskView>> {
@@ -171,6 +191,108 @@ impl Store {
             attachments,
         }))
     }
+}
+
+/// The columns of a batch of new tasks, as the arrays that
+/// [`Store::insert_tasks`] unnests.
+struct TaskColumns<'a> {
+    ids: Vec<Uuid>,
+    team_ids: Vec<Uuid>,
+    callback_urls: Vec<&'a str>,
+    metadata: Vec<&'a serde_json::Value>,
+    idempotency_keys: Vec<Option<&'a str>>,
+    request_hashes: Vec<&'a [u8]>,
+    attachment_ids: Vec<Uuid>,
+    attachment_tasks: Vec<Uuid>,
+    positions: Vec<i32>,
+    uris: Vec<&'a str>,
+    providers: Vec<&'a str>,
+    job_tasks: Vec<Uuid>,
+    jobs: Vec<serde_json::Value>,
+}
+
+impl<'a> TaskColumns<'a> {
+    fn new(tasks: &[&'a NewTask]) -> Self {
+        let mut columns = Self {
+            ids: Vec::with_capacity(tasks.len()),
+            team_ids: Vec::with_capacity(tasks.len()),
+            callback_urls: Vec::with_capacity(tasks.len()),
+            metadata: Vec::with_capacity(tasks.len()),
+            idempotency_keys: Vec::with_capacity(tasks.len()),
+            request_hashes: Vec::with_capacity(tasks.len()),
+            attachment_ids: Vec::new(),
+            attachment_tasks: Vec::new(),
+            positions: Vec::new(),
+            uris: Vec::new(),
+            providers: Vec::new(),
+            job_tasks: Vec::new(),
+            jobs: Vec::new(),
+        };
+        for task in tasks {
+            columns.ids.push(task.id.0);
+            columns.team_ids.push(task.team_id.0);
+            columns.callback_urls.push(&task.callback_url);
+            columns.metadata.push(&task.metadata);
+            columns
+                .idempotency_keys
+                .push(task.idempotency_key.as_deref());
+            columns.request_hashes.push(&task.request_hash);
+            for (position, attachment) in task.attachments.iter().enumerate() {
+                columns.attachment_ids.push(attachment.id.0);
+                columns.attachment_tasks.push(task.id.0);
+                columns.positions.push(position as i32);
+                columns.uris.push(&attachment.uri);
+                columns.providers.push(attachment.provider.as_str());
+            }
+            let jobs: Vec<FetchJob> = task
+                .attachments
+                .iter()
+                .map(|a| FetchJob {
+                    attachment_id: a.id,
+                    attempt: 0,
+                })
+                .collect();
+            for job in JobMessage::fetches(task.id, &jobs) {
+                columns.job_tasks.push(task.id.0);
+                columns.jobs.push(job.to_json());
+            }
+        }
+        columns
+    }
+}
+
+/// Reads the tasks that hold the idempotency keys of the tasks in `tasks`
+/// that were not `created`, by team and key.
+async fn existing_tasks(
+    client: &impl deadpool_postgres::GenericClient,
+    tasks: &[&NewTask],
+    created: &HashSet<Uuid>,
+) -> Result<HashMap<(Uuid, Option<String>), Inserted>> {
+    let (team_ids, keys): (Vec<Uuid>, Vec<Option<&str>>) = tasks
+        .iter()
+        .filter(|task| !created.contains(&task.id.0))
+        .map(|task| (task.team_id.0, task.idempotency_key.as_deref()))
+        .unzip();
+    let rows = crate::cached::query(
+        client,
+        "SELECT t.id, t.team_id, t.idempotency_key, t.request_hash
+             FROM tasks t
+             JOIN UNNEST($1::uuid[], $2::text[]) AS k (team_id, idempotency_key)
+                 ON t.team_id = k.team_id AND t.idempotency_key = k.idempotency_key",
+        &[&team_ids, &keys],
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let key = (row.get("team_id"), row.get("idempotency_key"));
+            let existing = Inserted::Existing {
+                task_id: TaskId(row.get("id")),
+                request_hash: row.get("request_hash"),
+            };
+            (key, existing)
+        })
+        .collect())
 }
 
 /// Reads a task's attachments in submission order.

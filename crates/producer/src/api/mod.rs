@@ -13,10 +13,12 @@ pub mod replays;
 mod tasks;
 mod validate;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use attache_egress::guard::DestinationPolicy;
-use attache_store::Store;
+use attache_store::batch::{Batcher, each_alone_on_rejection};
+use attache_store::tasks::{Inserted, NewTask};
+use attache_store::{Store, StoreError};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::middleware;
@@ -119,6 +121,9 @@ struct Inner {
     azure: Option<Arc<attache_azure::Azure>>,
     /// Wakes this process's outbox relay after a task is accepted.
     relay_wake: Option<Arc<tokio::sync::Notify>>,
+    /// Inserts the tasks of concurrent requests together, started by the
+    /// first request because it needs the runtime.
+    inserter: OnceLock<Batcher<Arc<NewTask>, Inserted>>,
 }
 
 impl AppState {
@@ -135,6 +140,7 @@ impl AppState {
                 gcp: None,
                 azure: None,
                 relay_wake: None,
+                inserter: OnceLock::new(),
             }),
         }
     }
@@ -153,6 +159,27 @@ impl AppState {
     /// Lets the API wake the outbox relay as soon as it accepts a task.
     pub fn with_relay_wake(self, wake: Arc<tokio::sync::Notify>) -> Self {
         self.modified(|inner| inner.relay_wake = Some(wake))
+    }
+
+    /// Inserts `task` as [`Store::insert_task`] does, in one statement and
+    /// one commit with the tasks of concurrent requests.
+    async fn insert_task(&self, task: Arc<NewTask>) -> Result<Inserted, StoreError> {
+        let inserter = self.inner.inserter.get_or_init(|| {
+            let store = self.inner.store.clone();
+            Batcher::spawn("task_insert", move |tasks: Vec<Arc<NewTask>>| {
+                let store = store.clone();
+                async move {
+                    each_alone_on_rejection(
+                        "task_insert",
+                        &tasks,
+                        store.insert_tasks(&tasks),
+                        |task| store.insert_task(task),
+                    )
+                    .await
+                }
+            })
+        });
+        inserter.call(task).await
     }
 
     /// Wakes the relay, if this process runs one.

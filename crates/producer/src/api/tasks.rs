@@ -1,5 +1,7 @@
 //! `POST /v1/tasks` and `GET /v1/tasks/{task_id}`.
 
+use std::sync::Arc;
+
 use attache_domain::{AttachmentId, TaskId, TaskStatus};
 use attache_store::tasks::{Inserted, NewAttachment, NewTask, TaskView};
 use axum::Json;
@@ -41,7 +43,7 @@ pub async fn create(
         state.enabled(provider)
     })?;
 
-    let task = NewTask {
+    let task = Arc::new(NewTask {
         id: TaskId::new(),
         team_id: team.id,
         callback_url: request.callback_url,
@@ -57,8 +59,8 @@ pub async fn create(
                 provider,
             })
             .collect(),
-    };
-    match state.store().insert_task(&task).await? {
+    });
+    match state.insert_task(task.clone()).await? {
         Inserted::Created => {
             TASKS_ACCEPTED.inc();
             state.wake_relay();
@@ -68,10 +70,10 @@ pub async fn create(
                 status: TaskStatus::Pending,
                 attachments: task
                     .attachments
-                    .into_iter()
+                    .iter()
                     .map(|a| AcceptedAttachment {
                         attachment_id: a.id,
-                        uri: a.uri,
+                        uri: a.uri.clone(),
                     })
                     .collect(),
             };
