@@ -88,7 +88,7 @@ async fn insert_task(
 }
 
 /// Returns the group message of the first attempts of `ids`.
-fn first_attempts(task_id: TaskId, ids: &[AttachmentId]) -> JobMessage {
+fn first_attempts(ids: &[AttachmentId]) -> JobMessage {
     let jobs = ids
         .iter()
         .map(|&attachment_id| FetchJob {
@@ -96,7 +96,7 @@ fn first_attempts(task_id: TaskId, ids: &[AttachmentId]) -> JobMessage {
             attempt: 0,
         })
         .collect();
-    JobMessage::FetchGroup(FetchGroupJob { task_id, jobs })
+    JobMessage::FetchGroup(FetchGroupJob { jobs })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -218,7 +218,7 @@ async fn redelivered_group_skips_recorded_jobs() {
     // The task's first attachment was recorded before the worker holding
     // the group stopped.
     let uris: Vec<String> = names.iter().map(|name| source.url(name)).collect();
-    let (task_id, ids) = insert_task(&deployment, &receiver.url(), &uris).await;
+    let (_, ids) = insert_task(&deployment, &receiver.url(), &uris).await;
     let database = deployment.database().await;
     database
         .execute(
@@ -229,7 +229,7 @@ async fn redelivered_group_skips_recorded_jobs() {
         .await
         .unwrap();
 
-    let group = first_attempts(task_id, &ids);
+    let group = first_attempts(&ids);
     publish(&deployment, QueueKind::Fetch, group.encode()).await;
 
     let payload = receiver.wait_for(1).await[0].json();
@@ -268,7 +268,7 @@ async fn given_up_group_spares_retried_jobs() {
         .await
         .unwrap();
 
-    let group = first_attempts(task_id, &ids);
+    let group = first_attempts(&ids);
     publish_redelivered(&deployment, &group, 5).await;
     eventually(
         Duration::from_secs(10),

@@ -456,7 +456,7 @@ async fn batched_deliveries_record_each_attempt_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_task_queues_its_jobs_in_groups() {
     let fixture = Fixture::start().await;
-    let (task_id, ids) = fixture.task(FETCH_GROUP_SIZE + 4).await;
+    let (_, ids) = fixture.task(FETCH_GROUP_SIZE + 4).await;
 
     let rows = fixture
         .database
@@ -475,7 +475,6 @@ async fn new_task_queues_its_jobs_in_groups() {
         .collect();
     let group = |range: std::ops::Range<usize>| {
         JobMessage::FetchGroup(FetchGroupJob {
-            task_id,
             jobs: ids[range]
                 .iter()
                 .map(|&attachment_id| FetchJob {
@@ -507,7 +506,14 @@ async fn task_batch_honours_idempotency_keys() {
     let second = fixture.new_task(4, Some("shared"), 3);
     let unkeyed = fixture.new_task(5, None, 4);
     let batch = [&retried, &first, &second, &unkeyed];
-    let outcomes = fixture.store.insert_tasks(&batch).await.unwrap();
+    let outcomes: Vec<Inserted> = fixture
+        .store
+        .insert_tasks(&batch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
 
     assert!(
         matches!(&outcomes[0], Inserted::Existing { task_id, request_hash }
@@ -547,7 +553,7 @@ async fn task_batch_honours_idempotency_keys() {
         )
         .await
         .unwrap();
-    let mut queued: Vec<AttachmentId> = rows
+    let queued: Vec<AttachmentId> = rows
         .iter()
         .map(|row| JobMessage::decode(row.get::<_, Value>(0).to_string().as_bytes()).unwrap())
         .flat_map(|message| match message {
@@ -558,12 +564,13 @@ async fn task_batch_honours_idempotency_keys() {
             JobMessage::Callback(_) => panic!("a callback job in the fetch rows"),
         })
         .collect();
-    let mut expected: Vec<AttachmentId> = [&earlier, &first, &unkeyed]
+    let expected: Vec<AttachmentId> = [&earlier, &first, &unkeyed]
         .iter()
         .flat_map(|task| task.attachments.iter().map(|a| a.id))
         .collect();
-    queued.sort_by_key(|id| id.0);
-    expected.sort_by_key(|id| id.0);
-    assert_eq!(queued, expected);
+    assert_eq!(
+        queued, expected,
+        "jobs are queued in the order tasks arrived"
+    );
     fixture.stop().await;
 }

@@ -7,14 +7,14 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::ids::{AttachmentId, CallbackId, TaskId};
+use crate::ids::{AttachmentId, CallbackId};
 
 /// The message format version this build writes and reads.
 pub const MESSAGE_VERSION: u32 = 1;
 
-/// Max attachments per fetch message. A task's first attempts travel
-/// together, one message per group instead of one per attachment, and a task
-/// of many attachments still spreads over several workers.
+/// Max attachments per fetch message. Fetch jobs travel in groups, one
+/// message per group instead of one per attachment, and a task of many
+/// attachments still spreads over several workers.
 pub const FETCH_GROUP_SIZE: usize = 16;
 
 /// One job, as published to a work queue.
@@ -40,15 +40,12 @@ pub struct FetchJob {
     pub attempt: u32,
 }
 
-/// Fetch jobs of one task's attachments, carried by one message. Each job
-/// is loaded, fetched and recorded on its own, so the group only saves a
-/// message and an outbox row per attachment. Workers of a release that
-/// predates groups dead-letter them, so fetch-workers are upgraded before
-/// the producer.
+/// Fetch jobs carried by one message, of one task or of several. Each job
+/// is loaded, fetched and recorded on its own, so the group only saves
+/// messages and outbox rows. Workers of a release that predates groups
+/// dead-letter them, so fetch-workers are upgraded before the producer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchGroupJob {
-    /// The task the attachments belong to.
-    pub task_id: TaskId,
     /// At most [`FETCH_GROUP_SIZE`] jobs.
     pub jobs: Vec<FetchJob>,
 }
@@ -79,19 +76,35 @@ pub enum DecodeError {
 }
 
 impl JobMessage {
-    /// Splits a task's fetch jobs into messages: groups of at most
+    /// Splits fetch jobs into messages: groups of at most
     /// [`FETCH_GROUP_SIZE`], and a lone job as a plain [`JobMessage::Fetch`],
     /// which every release reads.
-    pub fn fetches(task_id: TaskId, jobs: &[FetchJob]) -> Vec<Self> {
+    pub fn fetches(jobs: &[FetchJob]) -> Vec<Self> {
         jobs.chunks(FETCH_GROUP_SIZE)
             .map(|chunk| match chunk {
                 [job] => Self::Fetch(*job),
                 _ => Self::FetchGroup(FetchGroupJob {
-                    task_id,
                     jobs: chunk.to_vec(),
                 }),
             })
             .collect()
+    }
+
+    /// Repacks `messages` into as few as it can: their fetch jobs, in order,
+    /// into groups as [`JobMessage::fetches`] makes them, after the other
+    /// messages, which are kept as they are.
+    pub fn pack(messages: impl IntoIterator<Item = Self>) -> Vec<Self> {
+        let mut packed = Vec::new();
+        let mut fetches = Vec::new();
+        for message in messages {
+            match message {
+                Self::Fetch(job) => fetches.push(job),
+                Self::FetchGroup(group) => fetches.extend(group.jobs),
+                other => packed.push(other),
+            }
+        }
+        packed.extend(Self::fetches(&fetches));
+        packed
     }
 
     /// Serializes the message with its version.
@@ -112,6 +125,11 @@ impl JobMessage {
             job: self.clone(),
         })
         .expect("a job message always serializes: ids and integers only")
+    }
+
+    /// Parses a message stored as JSON, as [`JobMessage::to_json`] writes it.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, DecodeError> {
+        Self::decode(value.to_string().as_bytes())
     }
 
     /// Parses a message body, checking its version first.
@@ -142,21 +160,54 @@ mod tests {
         assert_eq!(JobMessage::decode(&job.encode()).unwrap(), job);
     }
 
-    #[test]
-    fn fetches_group_jobs_but_not_one() {
-        let task_id = TaskId::new();
-        let jobs: Vec<FetchJob> = (0..FETCH_GROUP_SIZE + 1)
+    fn fetch_jobs(count: usize) -> Vec<FetchJob> {
+        (0..count)
             .map(|_| FetchJob {
                 attachment_id: AttachmentId::new(),
                 attempt: 0,
             })
-            .collect();
-        let messages = JobMessage::fetches(task_id, &jobs);
+            .collect()
+    }
+
+    #[test]
+    fn pack_merges_fetch_jobs_keeps_others() {
+        let jobs = fetch_jobs(FETCH_GROUP_SIZE + 3);
+        let callback = JobMessage::Callback(CallbackJob {
+            callback_id: CallbackId::new(),
+            attempt: 2,
+        });
+        let messages = vec![
+            JobMessage::FetchGroup(FetchGroupJob {
+                jobs: jobs[..5].to_vec(),
+            }),
+            callback.clone(),
+            JobMessage::Fetch(jobs[5]),
+            JobMessage::FetchGroup(FetchGroupJob {
+                jobs: jobs[6..].to_vec(),
+            }),
+        ];
+        assert_eq!(
+            JobMessage::pack(messages),
+            vec![
+                callback,
+                JobMessage::FetchGroup(FetchGroupJob {
+                    jobs: jobs[..FETCH_GROUP_SIZE].to_vec(),
+                }),
+                JobMessage::FetchGroup(FetchGroupJob {
+                    jobs: jobs[FETCH_GROUP_SIZE..].to_vec(),
+                }),
+            ]
+        );
+    }
+
+    #[test]
+    fn fetches_group_jobs_but_not_one() {
+        let jobs = fetch_jobs(FETCH_GROUP_SIZE + 1);
+        let messages = JobMessage::fetches(&jobs);
         assert_eq!(
             messages,
             vec![
                 JobMessage::FetchGroup(FetchGroupJob {
-                    task_id,
                     jobs: jobs[..FETCH_GROUP_SIZE].to_vec(),
                 }),
                 JobMessage::Fetch(jobs[FETCH_GROUP_SIZE]),

@@ -1,8 +1,9 @@
 //! The outbox relay: moves due outbox rows to RabbitMQ.
 //!
 //! Each round deletes up to a batch of due rows with `SKIP LOCKED` in one
-//! transaction, publishes them, waits for every confirm and commits, so a
-//! failed publish rolls the deletion back. A full batch starts the next round at once. Otherwise the relay
+//! transaction, publishes their jobs, with the fetch jobs of several rows
+//! in shared messages, waits for every confirm and commits, so a failed
+//! publish rolls the deletion back. A full batch starts the next round at once. Otherwise the relay
 //! sleeps until it is woken or the poll interval passes, whichever comes
 //! first. The API wakes it in-process after accepting a task, and the
 //! outbox trigger wakes it (LISTEN/NOTIFY) when a fetch-worker queues a
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use attache_domain::JobMessage;
 use attache_queue::{PublishError, Publisher, QueueKind, Topology};
 use attache_store::{Store, StoreError, outbox};
 use clap::Args;
@@ -138,22 +140,47 @@ async fn relay_round(
         return Ok(0);
     }
 
-    let messages: Vec<(QueueKind, Vec<u8>)> = rows
-        .iter()
-        .map(|row| {
-            let kind =
-                QueueKind::parse(&row.kind).expect("take returns only the kinds it was given");
-            (kind, row.payload.to_string().into_bytes())
-        })
-        .collect();
+    let messages = pack(&rows);
     publisher.publish_batch(&messages).await?;
     tx.commit().await.map_err(StoreError::from)?;
 
-    for (kind, _) in &messages {
-        JOBS_PUBLISHED.with_label_values(&[kind.as_str()]).inc();
+    for row in &rows {
+        JOBS_PUBLISHED.with_label_values(&[row.kind.as_str()]).inc();
     }
-    tracing::debug!(published = rows.len(), "published outbox batch");
+    tracing::debug!(
+        rows = rows.len(),
+        messages = messages.len(),
+        "published outbox batch"
+    );
     Ok(rows.len())
+}
+
+/// Returns the messages that carry the jobs of `rows`, with their queues.
+/// The fetch jobs of several rows share messages (see [`JobMessage::pack`]),
+/// which saves the broker and the workers a message per row. A row whose
+/// payload does not decode is published as it is, for its queue's worker
+/// to dead-letter.
+fn pack(rows: &[outbox::OutboxRow]) -> Vec<(QueueKind, Vec<u8>)> {
+    let mut messages = Vec::with_capacity(rows.len());
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in rows {
+        let kind = QueueKind::parse(&row.kind).expect("take returns only the kinds it was given");
+        match JobMessage::from_json(&row.payload) {
+            Ok(job) => jobs.push(job),
+            Err(error) => {
+                tracing::error!(%error, outbox_id = row.id, "an outbox row does not decode; publishing it unchanged");
+                messages.push((kind, row.payload.to_string().into_bytes()));
+            }
+        }
+    }
+    for job in JobMessage::pack(jobs) {
+        let kind = match job {
+            JobMessage::Fetch(_) | JobMessage::FetchGroup(_) => QueueKind::Fetch,
+            JobMessage::Callback(_) => QueueKind::Callback,
+        };
+        messages.push((kind, job.encode()));
+    }
+    messages
 }
 
 /// Updates the backlog gauges. A failure is logged and leaves them stale.
@@ -183,5 +210,67 @@ async fn listen(database_url: String, wake: Arc<Notify>, shutdown: CancellationT
             () = shutdown.cancelled() => return,
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use attache_domain::{AttachmentId, CallbackId, CallbackJob, FetchGroupJob, FetchJob};
+
+    use super::*;
+
+    fn row(id: i64, kind: &str, payload: serde_json::Value) -> outbox::OutboxRow {
+        outbox::OutboxRow {
+            id,
+            kind: kind.to_owned(),
+            payload,
+        }
+    }
+
+    fn decoded(messages: &[(QueueKind, Vec<u8>)]) -> Vec<(QueueKind, JobMessage)> {
+        messages
+            .iter()
+            .map(|(kind, body)| (*kind, JobMessage::decode(body).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn pack_shares_messages_between_rows() {
+        let jobs: Vec<FetchJob> = (0..7)
+            .map(|_| FetchJob {
+                attachment_id: AttachmentId::new(),
+                attempt: 0,
+            })
+            .collect();
+        let callback = JobMessage::Callback(CallbackJob {
+            callback_id: CallbackId::new(),
+            attempt: 0,
+        });
+        let rows = [
+            row(1, "fetch", JobMessage::fetches(&jobs[..3])[0].to_json()),
+            row(2, "callback", callback.to_json()),
+            row(3, "fetch", JobMessage::Fetch(jobs[3]).to_json()),
+            row(4, "fetch", JobMessage::fetches(&jobs[4..])[0].to_json()),
+        ];
+        assert_eq!(
+            decoded(&pack(&rows)),
+            vec![
+                (QueueKind::Callback, callback),
+                (
+                    QueueKind::Fetch,
+                    JobMessage::FetchGroup(FetchGroupJob { jobs })
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn pack_passes_undecodable_row_unchanged() {
+        let payload = serde_json::json!({"version": 99, "type": "fetch"});
+        let messages = pack(&[row(1, "fetch", payload.clone())]);
+        assert_eq!(
+            messages,
+            vec![(QueueKind::Fetch, payload.to_string().into_bytes())]
+        );
     }
 }

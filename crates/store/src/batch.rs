@@ -1,7 +1,8 @@
 //! Store calls of many concurrent jobs, run in batches.
 //!
 //! A worker runs dozens of jobs at once, and each makes the same few store
-//! calls: load its row, record its outcome. A [`Batcher`] runs the calls
+//! calls: load its row, record its outcome. The API likewise inserts the
+//! tasks of concurrent requests. A [`Batcher`] runs the calls
 //! that arrive while its previous batch is in the database as the next
 //! batch, in one statement or transaction. Under load, one round trip,
 //! commit and WAL flush then serve many jobs. A call that arrives while
@@ -35,7 +36,7 @@ pub const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
 static BATCH_SIZE: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "attache_database_batch_size",
-        "Jobs' store calls served per database batch, by operation.",
+        "Store calls of jobs and API requests served per database batch, by operation.",
         &["operation"],
         exponential_buckets(1.0, 2.0, 10).expect("bucket parameters are valid")
     )

@@ -57,6 +57,10 @@ pub enum StoreError {
     Config(String),
     #[error("{0}")]
     Startup(String),
+    /// Rows that contradict each other, such as a conflict on a key that
+    /// no row holds.
+    #[error("{0}")]
+    Inconsistent(String),
     #[error("unexpected value in column `{column}`: {value}")]
     Corrupt { column: &'static str, value: String },
     /// The batch this call was part of failed; every call in it gets the

@@ -7,8 +7,6 @@
 //! the task completes again, it sends a new callback, with a new webhook id,
 //! because the content differs.
 
-use std::collections::BTreeMap;
-
 use attache_domain::{
     AttachmentId, CallbackId, CallbackJob, ErrorCode, FetchJob, JobMessage, TaskId, TeamId,
 };
@@ -67,17 +65,16 @@ impl Store {
             &[&tasks],
         )
         .await?;
-        let mut by_task: BTreeMap<Uuid, Vec<FetchJob>> = BTreeMap::new();
-        for (id, task) in ids.iter().zip(&tasks) {
-            by_task.entry(*task).or_default().push(FetchJob {
+        let jobs: Vec<FetchJob> = ids
+            .iter()
+            .map(|id| FetchJob {
                 attachment_id: AttachmentId(*id),
                 attempt: 0,
-            });
-        }
-        let jobs: Vec<serde_json::Value> = by_task
+            })
+            .collect();
+        let jobs: Vec<serde_json::Value> = JobMessage::fetches(&jobs)
             .iter()
-            .flat_map(|(task, jobs)| JobMessage::fetches(TaskId(*task), jobs))
-            .map(|job| job.to_json())
+            .map(JobMessage::to_json)
             .collect();
         insert_jobs(&tx, "fetch", &jobs).await?;
         tx.commit().await?;

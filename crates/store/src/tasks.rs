@@ -8,6 +8,7 @@
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use attache_domain::{AttachmentId, FetchJob, JobMessage, Provider, TaskId, TeamId};
 use chrono::{DateTime, Utc};
@@ -77,95 +78,49 @@ impl Store {
     /// Inserts a task, its attachments and their fetch jobs in one
     /// transaction, unless the team already used the idempotency key.
     pub async fn insert_task(&self, task: &NewTask) -> Result<Inserted> {
-        let mut inserted = self.insert_tasks(std::slice::from_ref(task)).await?;
-        Ok(inserted.remove(0))
+        let mut outcomes = self.insert_tasks(std::slice::from_ref(task)).await?;
+        outcomes.remove(0)
     }
 
     /// Inserts many tasks in one statement and transaction, as
-    /// [`Store::insert_task`] does for one, and returns their outcomes in the
-    /// order given. Of two tasks in `tasks` with the same team and
-    /// idempotency key, the first is inserted and the second finds it, as a
-    /// later request would.
+    /// [`Store::insert_task`] does for one. Fails as a whole only when that
+    /// statement fails, and nothing was written. Otherwise returns each
+    /// task's outcome in the order given, where an error means that the
+    /// task was not inserted and its existing task could not be read. Of two
+    /// tasks in `tasks` with the same team and idempotency key, the first is
+    /// inserted and the second finds it, as a later request would.
     pub async fn insert_tasks<T: Borrow<NewTask> + Sync>(
         &self,
         tasks: &[T],
-    ) -> Result<Vec<Inserted>> {
-        // Rows go in by team and key, so two batches that share keys wait on
-        // them in the same order. A batch rejected all the same, by a
-        // deadlock or one bad row, is retried task by task by the caller.
-        let mut ordered: Vec<&NewTask> = tasks.iter().map(Borrow::borrow).collect();
-        ordered.sort_by(|a, b| {
-            (a.team_id.0, &a.idempotency_key).cmp(&(b.team_id.0, &b.idempotency_key))
-        });
-        let columns = TaskColumns::new(&ordered);
+    ) -> Result<Vec<Result<Inserted>>> {
+        let tasks: Vec<&NewTask> = tasks.iter().map(Borrow::borrow).collect();
         let client = self.pool.get().await?;
-
-        // One statement is one transaction and one round trip. Attachments
-        // and jobs are written only for the task rows that are.
-        let rows = crate::cached::query(
-            &client,
-            "WITH task AS (
-                 INSERT INTO tasks (id, team_id, callback_url, metadata, idempotency_key,
-                                    request_hash)
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[],
-                                      $5::text[], $6::bytea[])
-                 ON CONFLICT (team_id, idempotency_key) DO NOTHING
-                 RETURNING id
-             ), attachments AS (
-                 INSERT INTO attachments (id, task_id, position, uri, provider)
-                 SELECT a.id, a.task_id, a.position, a.uri, a.provider
-                 FROM UNNEST($7::uuid[], $8::uuid[], $9::int[], $10::text[], $11::text[])
-                     AS a (id, task_id, position, uri, provider)
-                 JOIN task ON task.id = a.task_id
-             ), jobs AS (
-                 INSERT INTO outbox (kind, payload)
-                 SELECT 'fetch', j.job
-                 FROM UNNEST($12::uuid[], $13::jsonb[]) WITH ORDINALITY AS j (task_id, job, n)
-                 JOIN task ON task.id = j.task_id
-                 ORDER BY j.n
-             )
-             SELECT id FROM task",
-            &[
-                &columns.ids,
-                &columns.team_ids,
-                &columns.callback_urls,
-                &columns.metadata,
-                &columns.idempotency_keys,
-                &columns.request_hashes,
-                &columns.attachment_ids,
-                &columns.attachment_tasks,
-                &columns.positions,
-                &columns.uris,
-                &columns.providers,
-                &columns.job_tasks,
-                &columns.jobs,
-            ],
-        )
-        .await?;
-        let created: HashSet<Uuid> = rows.iter().map(|row| row.get("id")).collect();
-        let existing = if created.len() == ordered.len() {
-            HashMap::new()
+        let created = insert_rows(&client, &tasks).await?;
+        let existing = if created.len() == tasks.len() {
+            Ok(HashMap::new())
         } else {
-            existing_tasks(&client, &ordered, &created).await?
+            existing_tasks(&client, &tasks, &created).await
         };
+        let existing = existing.map_err(Arc::new);
 
-        tasks
-            .iter()
-            .map(|task| {
-                let task = task.borrow();
-                if created.contains(&task.id.0) {
-                    return Ok(Inserted::Created);
-                }
-                let key = (task.team_id.0, task.idempotency_key.clone());
-                existing.get(&key).cloned().ok_or_else(|| {
-                    StoreError::Startup(format!(
-                        "task {} was not inserted, and its team has no task with its idempotency key",
-                        task.id
-                    ))
-                })
+        let outcome = |task: &NewTask| {
+            if created.contains(&task.id.0) {
+                return Ok(Inserted::Created);
+            }
+            let existing = existing
+                .as_ref()
+                .map_err(|error| StoreError::Batch(error.clone()))?;
+            let key = (task.team_id.0, task.idempotency_key.clone());
+            existing.get(&key).cloned().ok_or_else(|| {
+                StoreError::Inconsistent(format!(
+                    "task {} was not inserted, and its team has no task with its idempotency key",
+                    task.id
+                ))
             })
-            .collect()
+        };
+        Ok(tasks.into_iter().map(outcome).collect())
     }
+
     /// Reads a task of `team_id` with its attachments. Returns `None` when the
     /// task does not exist or belongs to another team.
     pub async fn task_view(&self, team_id: TeamId, task_id: TaskId) -> Result<Option<TaskView>> {
@@ -191,6 +146,65 @@ impl Store {
             attachments,
         }))
     }
+}
+
+/// Writes the rows of `tasks` whose idempotency keys are unused, and their
+/// attachments and jobs, in one statement, and returns their ids.
+async fn insert_rows(
+    client: &impl deadpool_postgres::GenericClient,
+    tasks: &[&NewTask],
+) -> Result<HashSet<Uuid>> {
+    let columns = TaskColumns::new(tasks);
+    // One statement is one transaction and one round trip. Attachments and
+    // jobs are written only for the task rows that are. Task rows go in by
+    // team and key, so two batches that share keys wait on them in the same
+    // order. A batch rejected all the same, by a deadlock or one bad row,
+    // is retried task by task by the caller.
+    let rows = crate::cached::query(
+        client,
+        "WITH task AS (
+             INSERT INTO tasks (id, team_id, callback_url, metadata, idempotency_key,
+                                request_hash)
+             SELECT t.id, t.team_id, t.callback_url, t.metadata, t.idempotency_key,
+                    t.request_hash
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[],
+                         $6::bytea[]) WITH ORDINALITY
+                 AS t (id, team_id, callback_url, metadata, idempotency_key, request_hash, n)
+             ORDER BY t.team_id, t.idempotency_key, t.n
+             ON CONFLICT (team_id, idempotency_key) DO NOTHING
+             RETURNING id
+         ), attachments AS (
+             INSERT INTO attachments (id, task_id, position, uri, provider)
+             SELECT a.id, a.task_id, a.position, a.uri, a.provider
+             FROM UNNEST($7::uuid[], $8::uuid[], $9::int[], $10::text[], $11::text[])
+                 AS a (id, task_id, position, uri, provider)
+             JOIN task ON task.id = a.task_id
+         ), jobs AS (
+             INSERT INTO outbox (kind, payload)
+             SELECT 'fetch', j.job
+             FROM UNNEST($12::uuid[], $13::jsonb[]) WITH ORDINALITY AS j (task_id, job, n)
+             JOIN task ON task.id = j.task_id
+             ORDER BY j.n
+         )
+         SELECT id FROM task",
+        &[
+            &columns.ids,
+            &columns.team_ids,
+            &columns.callback_urls,
+            &columns.metadata,
+            &columns.idempotency_keys,
+            &columns.request_hashes,
+            &columns.attachment_ids,
+            &columns.attachment_tasks,
+            &columns.positions,
+            &columns.uris,
+            &columns.providers,
+            &columns.job_tasks,
+            &columns.jobs,
+        ],
+    )
+    .await?;
+    Ok(rows.iter().map(|row| row.get("id")).collect())
 }
 
 /// The columns of a batch of new tasks, as the arrays that
@@ -252,7 +266,7 @@ impl<'a> TaskColumns<'a> {
                     attempt: 0,
                 })
                 .collect();
-            for job in JobMessage::fetches(task.id, &jobs) {
+            for job in JobMessage::fetches(&jobs) {
                 columns.job_tasks.push(task.id.0);
                 columns.jobs.push(job.to_json());
             }

@@ -16,7 +16,7 @@ mod validate;
 use std::sync::{Arc, OnceLock};
 
 use attache_egress::guard::DestinationPolicy;
-use attache_store::batch::{Batcher, each_alone_on_rejection};
+use attache_store::batch::{self, Batcher};
 use attache_store::tasks::{Inserted, NewTask};
 use attache_store::{Store, StoreError};
 use axum::Router;
@@ -26,6 +26,8 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use clap::Args;
 use tower_http::timeout::RequestBodyTimeoutLayer;
+
+use crate::metrics::TASKS_ACCEPTED;
 
 pub use validate::MAX_IDEMPOTENCY_KEY_LEN;
 
@@ -162,20 +164,29 @@ impl AppState {
     }
 
     /// Inserts `task` as [`Store::insert_task`] does, in one statement and
-    /// one commit with the tasks of concurrent requests.
+    /// one commit with the tasks of concurrent requests. The batch counts
+    /// the tasks it created and wakes the relay, so both happen even when
+    /// the client that sent a task has gone.
     async fn insert_task(&self, task: Arc<NewTask>) -> Result<Inserted, StoreError> {
         let inserter = self.inner.inserter.get_or_init(|| {
             let store = self.inner.store.clone();
+            let relay_wake = self.inner.relay_wake.clone();
             Batcher::spawn("task_insert", move |tasks: Vec<Arc<NewTask>>| {
                 let store = store.clone();
+                let relay_wake = relay_wake.clone();
                 async move {
-                    each_alone_on_rejection(
-                        "task_insert",
-                        &tasks,
-                        store.insert_tasks(&tasks),
-                        |task| store.insert_task(task),
-                    )
-                    .await
+                    let outcomes = insert_batch(&store, &tasks).await;
+                    let created = outcomes
+                        .iter()
+                        .filter(|outcome| matches!(outcome, Ok(Inserted::Created)))
+                        .count();
+                    if created > 0 {
+                        TASKS_ACCEPTED.inc_by(created as u64);
+                        if let Some(wake) = &relay_wake {
+                            wake.notify_one();
+                        }
+                    }
+                    outcomes
                 }
             })
         });
@@ -242,6 +253,24 @@ impl AppState {
 
 /// Time allowed for a request body to arrive once its headers have.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Inserts a batch of tasks in one statement. When PostgreSQL rejects that
+/// statement, nothing was written, and each task is inserted alone, so one
+/// bad task or a deadlock cannot fail the others.
+async fn insert_batch(store: &Store, tasks: &[Arc<NewTask>]) -> Vec<Result<Inserted, StoreError>> {
+    match store.insert_tasks(tasks).await {
+        Ok(outcomes) => outcomes,
+        Err(error) if tasks.len() > 1 && error.is_statement_error() => {
+            tracing::warn!(%error, tasks = tasks.len(), "a task insert batch was rejected; inserting its tasks one by one");
+            let mut outcomes = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                outcomes.push(store.insert_task(task).await);
+            }
+            outcomes
+        }
+        Err(error) => batch::shared_error(error, tasks.len()),
+    }
+}
 
 /// Responds 413 as soon as a request announces a body over the limit,
 /// before reading any of it.

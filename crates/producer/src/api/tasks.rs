@@ -16,7 +16,6 @@ use super::auth::Caller;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::validate;
-use crate::metrics::TASKS_ACCEPTED;
 
 /// The 202 response body for an accepted task.
 #[derive(Serialize)]
@@ -62,8 +61,6 @@ pub async fn create(
     });
     match state.insert_task(task.clone()).await? {
         Inserted::Created => {
-            TASKS_ACCEPTED.inc();
-            state.wake_relay();
             tracing::info!(task_id = %task.id, team_id = %team.id, attachments = task.attachments.len(), "task accepted");
             let accepted = Accepted {
                 task_id: task.id,
