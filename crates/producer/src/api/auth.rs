@@ -1,7 +1,13 @@
 //! Bearer API key authentication.
 //!
 //! The key is hashed and looked up by its hash. The key is never logged,
-//! and a failed lookup tells the client only that the key is not valid.
+//! and a failed lookup tells the client only that the key is not valid. A
+//! valid key's team is remembered for [`KEY_CACHE_TTL`], so a team's
+//! requests do not each read the database.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use attache_store::teams::Team;
 use axum::extract::FromRequestParts;
@@ -35,15 +41,95 @@ impl FromRequestParts<AppState> for Caller {
             .map(|(_, key)| key.trim())
             .filter(|key| !key.is_empty())
             .ok_or_else(|| unauthorized("the Authorization header must read `Bearer <api key>`"))?;
-        match state
-            .store()
-            .team_by_api_key_hash(&hash_api_key(key))
-            .await?
-        {
-            Some(team) => Ok(Caller(team)),
+        let hash = hash_api_key(key);
+        if let Some(team) = state.key_cache().get(&hash) {
+            return Ok(Caller(team));
+        }
+        match state.store().team_by_api_key_hash(&hash).await? {
+            Some(team) => {
+                state.key_cache().insert(hash, team.clone());
+                Ok(Caller(team))
+            }
             None => Err(unauthorized(
                 "the API key is not valid: check it, or ask an operator for a new one",
             )),
         }
+    }
+}
+
+/// How long a valid API key's team is remembered. A key that stops being
+/// valid, such as a deleted team's, still works this long on each producer.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// Keys remembered at most. Only valid keys are kept, one per team, so the
+/// bound is reached only with this many teams active at once; the cache
+/// then starts over.
+const KEY_CACHE_ENTRIES: usize = 10_000;
+
+/// The teams of valid API keys, by the key's hash, with the time each was
+/// read from the database.
+#[derive(Default)]
+pub struct KeyCache {
+    entries: Mutex<HashMap<[u8; 32], (Team, Instant)>>,
+}
+
+impl KeyCache {
+    /// Returns the team of `hash` when it was read within [`KEY_CACHE_TTL`].
+    fn get(&self, hash: &[u8; 32]) -> Option<Team> {
+        let entries = self.lock();
+        let (team, read_at) = entries.get(hash)?;
+        (read_at.elapsed() < KEY_CACHE_TTL).then(|| team.clone())
+    }
+
+    fn insert(&self, hash: [u8; 32], team: Team) {
+        self.insert_read_at(hash, team, Instant::now());
+    }
+
+    fn insert_read_at(&self, hash: [u8; 32], team: Team, read_at: Instant) {
+        let mut entries = self.lock();
+        if entries.len() >= KEY_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(hash, (team, read_at));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Team, Instant)>> {
+        self.entries
+            .lock()
+            .expect("no thread panics while it holds the key cache")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use attache_domain::TeamId;
+
+    use super::*;
+
+    fn team() -> Team {
+        Team {
+            id: TeamId(uuid::Uuid::new_v4()),
+            name: "cached".to_owned(),
+        }
+    }
+
+    #[test]
+    fn key_cache_returns_fresh_team() {
+        let cache = KeyCache::default();
+        let team = team();
+        assert_eq!(cache.get(&[1; 32]), None);
+        cache.insert([1; 32], team.clone());
+        assert_eq!(cache.get(&[1; 32]), Some(team));
+        assert_eq!(cache.get(&[2; 32]), None);
+    }
+
+    #[test]
+    fn key_cache_forgets_after_ttl() {
+        let cache = KeyCache::default();
+        let read_at = Instant::now()
+            .checked_sub(KEY_CACHE_TTL + Duration::from_secs(1))
+            .expect("the machine has been up longer than the cache lifetime");
+        cache.insert_read_at([1; 32], team(), read_at);
+        assert_eq!(cache.get(&[1; 32]), None);
     }
 }

@@ -126,6 +126,7 @@ struct Inner {
     /// Inserts the tasks of concurrent requests together, started by the
     /// first request because it needs the runtime.
     inserter: OnceLock<Batcher<Arc<NewTask>, Inserted>>,
+    key_cache: auth::KeyCache,
 }
 
 impl AppState {
@@ -143,6 +144,7 @@ impl AppState {
                 azure: None,
                 relay_wake: None,
                 inserter: OnceLock::new(),
+                key_cache: auth::KeyCache::default(),
             }),
         }
     }
@@ -244,6 +246,10 @@ impl AppState {
 
     fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    fn key_cache(&self) -> &auth::KeyCache {
+        &self.inner.key_cache
     }
 
     fn limits(&self) -> &Limits {
