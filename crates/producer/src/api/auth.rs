@@ -61,9 +61,8 @@ impl FromRequestParts<AppState> for Caller {
 /// valid, such as a deleted team's, still works this long on each producer.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(10);
 
-/// Keys remembered at most. Only valid keys are kept, one per team, so the
-/// bound is reached only with this many teams active at once; the cache
-/// then starts over.
+/// Keys remembered at most. Only valid keys are kept, one per team, so only
+/// this many active teams fill the cache. A full cache starts over.
 const KEY_CACHE_ENTRIES: usize = 10_000;
 
 /// The teams of valid API keys, by the key's hash, with the time each was
