@@ -112,8 +112,19 @@ async fn missing_or_invalid_api_key_returns_401() {
     let deployment = Deployment::start(Options::default()).await;
     let body = task(json!([{"uri": "http://127.0.0.1:9/a"}])).to_string();
     for key in [None, Some("att_not-a-real-key"), Some("")] {
-        let (status, error) = deployment.submit_raw(key, body.clone(), None).await;
+        let response = deployment
+            .try_submit_raw(key, body.clone(), None)
+            .await
+            .expect("the API answers");
+        let status = response.status();
+        let challenge = response.headers().get("www-authenticate").cloned();
+        let error: Value = response.json().await.expect("every answer is JSON");
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{key:?}: {error}");
+        assert_eq!(
+            challenge.as_ref().map(|value| value.as_bytes()),
+            Some(&b"Bearer"[..]),
+            "{key:?}: a 401 names its scheme"
+        );
         assert_eq!(error["error"]["code"], "unauthorized");
         assert_eq!(error["error"]["field"], "Authorization");
     }

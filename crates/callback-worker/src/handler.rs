@@ -335,10 +335,15 @@ fn transport_error(error: reqwest::Error) -> String {
         "failed"
     };
     let error = error.without_url();
-    match std::error::Error::source(&error) {
-        Some(cause) => format!("the request {kind}: {error}: {cause}"),
-        None => format!("the request {kind}: {error}"),
+    // The whole chain, because the innermost cause, such as "Connection
+    // refused", is the one that tells the customer what to fix.
+    let mut message = format!("the request {kind}: {error}");
+    let mut cause = std::error::Error::source(&error);
+    while let Some(error) = cause {
+        message.push_str(&format!(": {error}"));
+        cause = error.source();
     }
+    message
 }
 
 /// Builds a header value from text that is ASCII by construction.
@@ -372,6 +377,25 @@ fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn transport_error_names_innermost_cause() {
+        // A port that was just free on loopback, so the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("binding a loopback port succeeds")
+            .port();
+        let error = reqwest::get(format!("http://127.0.0.1:{port}/hooks?token=secret"))
+            .await
+            .expect_err("nothing listens on the port");
+        let message = transport_error(error);
+        assert!(
+            message.starts_with("the request could not connect"),
+            "{message}"
+        );
+        assert!(message.contains("Connection refused"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
+    }
 
     #[test]
     fn attempt_levels_follow_outcome() {
