@@ -245,6 +245,36 @@ async fn concurrent_retries_create_one_task() {
     deployment.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_metadata_numbers_read_back() {
+    let deployment = Deployment::start(Options::default()).await;
+    let metadata = json!({"large": 9.9e307, "small": -9.9e307, "tiny": 5e-324});
+    let body = json!({
+        "callback_url": "http://127.0.0.1:9/hooks",
+        "attachments": [{"uri": "http://127.0.0.1:9/a"}],
+        "metadata": metadata,
+    });
+    let (status, accepted) = deployment.submit(&body, Some("large-numbers")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+
+    // Both the task view and an idempotent retry read the stored metadata.
+    let task_id = accepted["task_id"].as_str().unwrap();
+    let view: Value = deployment
+        .http
+        .get(format!("http://{}/v1/tasks/{task_id}", deployment.api))
+        .bearer_auth(&deployment.team.api_key)
+        .send()
+        .await
+        .expect("the API answers")
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["metadata"], metadata);
+    let (again, _) = deployment.submit(&body, Some("large-numbers")).await;
+    assert_eq!(again, StatusCode::ACCEPTED);
+    deployment.stop().await;
+}
+
 /// Opens a connection to the API and sends a POST to `path` that announces
 /// `content_length` bytes of JSON but sends only `body_start`.
 async fn send_partial_post(

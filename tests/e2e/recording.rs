@@ -574,3 +574,40 @@ async fn task_batch_honours_idempotency_keys() {
     );
     fixture.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_insert_past_timeout_writes_nothing() {
+    let fixture = Fixture::start().await;
+    let blocked = fixture.new_task(1, Some("held"), 1);
+    let bystander = fixture.new_task(1, None, 2);
+
+    // Another transaction inserts the same key and keeps it uncommitted, so
+    // the batch waits on it until its timeout cancels the statement.
+    let mut holder = fixture.database.client().await;
+    let holding = holder.transaction().await.unwrap();
+    holding
+        .execute(
+            "INSERT INTO tasks (id, team_id, callback_url, idempotency_key, request_hash)
+             VALUES (gen_random_uuid(), $1, 'http://127.0.0.1:9/h', 'held', '')",
+            &[&fixture.team.team_id.0],
+        )
+        .await
+        .unwrap();
+    let outcome = fixture
+        .store
+        .insert_tasks_within(&[&blocked, &bystander], Duration::from_millis(500))
+        .await;
+    assert!(outcome.is_err(), "the insert was cancelled");
+    holding.rollback().await.unwrap();
+    // A statement still running would now go ahead and commit.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let client = fixture.database.client().await;
+    let tasks: i64 = client
+        .query_one("SELECT count(*) FROM tasks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tasks, 0, "a cancelled batch commits no task, later or now");
+    fixture.stop().await;
+}

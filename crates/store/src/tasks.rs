@@ -93,9 +93,19 @@ impl Store {
         &self,
         tasks: &[T],
     ) -> Result<Vec<Result<Inserted>>> {
+        self.insert_tasks_within(tasks, INSERT_TIMEOUT).await
+    }
+
+    /// Inserts tasks as [`Store::insert_tasks`] does, but cancels the
+    /// statement, and fails, once it has run for `timeout`.
+    pub async fn insert_tasks_within<T: Borrow<NewTask> + Sync>(
+        &self,
+        tasks: &[T],
+        timeout: std::time::Duration,
+    ) -> Result<Vec<Result<Inserted>>> {
         let tasks: Vec<&NewTask> = tasks.iter().map(Borrow::borrow).collect();
         let client = self.pool.get().await?;
-        let created = insert_rows(&client, &tasks).await?;
+        let created = insert_rows(&client, &tasks, timeout).await?;
         let existing = if created.len() == tasks.len() {
             Ok(HashMap::new())
         } else {
@@ -151,8 +161,9 @@ impl Store {
 /// Writes the rows of `tasks` whose idempotency keys are unused, and their
 /// attachments and jobs, in one statement, and returns their ids.
 async fn insert_rows(
-    client: &impl deadpool_postgres::GenericClient,
+    client: &deadpool_postgres::Client,
     tasks: &[&NewTask],
+    timeout: std::time::Duration,
 ) -> Result<HashSet<Uuid>> {
     let columns = TaskColumns::new(tasks);
     // One statement is one transaction and one round trip. Attachments and
@@ -160,7 +171,22 @@ async fn insert_rows(
     // team and key, so two batches that share keys wait on them in the same
     // order. A batch rejected all the same, by a deadlock or one bad row,
     // is retried task by task by the caller.
-    let rows = crate::cached::query(
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
+        &columns.ids,
+        &columns.team_ids,
+        &columns.callback_urls,
+        &columns.metadata,
+        &columns.idempotency_keys,
+        &columns.request_hashes,
+        &columns.attachment_ids,
+        &columns.attachment_tasks,
+        &columns.positions,
+        &columns.uris,
+        &columns.providers,
+        &columns.job_tasks,
+        &columns.jobs,
+    ];
+    let statement = crate::cached::query(
         client,
         "WITH task AS (
              INSERT INTO tasks (id, team_id, callback_url, metadata, idempotency_key,
@@ -187,25 +213,41 @@ async fn insert_rows(
              ORDER BY j.n
          )
          SELECT id FROM task",
-        &[
-            &columns.ids,
-            &columns.team_ids,
-            &columns.callback_urls,
-            &columns.metadata,
-            &columns.idempotency_keys,
-            &columns.request_hashes,
-            &columns.attachment_ids,
-            &columns.attachment_tasks,
-            &columns.positions,
-            &columns.uris,
-            &columns.providers,
-            &columns.job_tasks,
-            &columns.jobs,
-        ],
-    )
-    .await?;
+        &params,
+    );
+    let rows = cancel_after(client, timeout, statement).await?;
     Ok(rows.iter().map(|row| row.get("id")).collect())
 }
+
+/// Awaits `statement`, run on `client`, and cancels it on the server once it
+/// has run for `timeout`, then awaits its outcome. A statement that waits on
+/// another transaction's lock thus ends, and a caller that gives up never
+/// leaves behind tasks that commit later.
+async fn cancel_after<T>(
+    client: &deadpool_postgres::Client,
+    timeout: std::time::Duration,
+    statement: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::pin!(statement);
+    match tokio::time::timeout(timeout, &mut statement).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            tracing::warn!(?timeout, "a task insert is taking too long; cancelling it");
+            if let Err(error) = client
+                .cancel_token()
+                .cancel_query(tokio_postgres::NoTls)
+                .await
+            {
+                tracing::warn!(%error, "failed to cancel a task insert; waiting for it");
+            }
+            statement.await
+        }
+    }
+}
+
+/// Time a task insert may take before it is cancelled. Below the store
+/// batches' timeout, so a batch of inserts ends with its true outcome.
+const INSERT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The columns of a batch of new tasks, as the arrays that
 /// [`Store::insert_tasks`] unnests.

@@ -331,6 +331,15 @@ fn metadata(value: Option<&Value>, limits: &Limits) -> Result<Value, ApiError> {
                     "metadata contains a NUL character (\\u0000), which cannot be stored: remove it",
                 ));
             }
+            if let Some(number) = huge_number(object) {
+                return Err(ApiError::field(
+                    "invalid_request",
+                    field,
+                    format!(
+                        "metadata contains the number {number}, which is not below {MAX_METADATA_NUMBER:e} in magnitude and cannot be read back once stored: send it as a string"
+                    ),
+                ));
+            }
             Ok(object.clone())
         }
         Some(_) => Err(ApiError::field(
@@ -338,6 +347,25 @@ fn metadata(value: Option<&Value>, limits: &Limits) -> Result<Value, ApiError> {
             field,
             "metadata must be a JSON object, such as {\"ticket\": \"T-1234\"}; omit it if there is none",
         )),
+    }
+}
+
+/// The magnitude that numbers in metadata must stay below. PostgreSQL's
+/// jsonb keeps a number's exact decimal digits, and those of a value near
+/// the largest double overflow serde_json's parser when read back.
+const MAX_METADATA_NUMBER: f64 = 1e308;
+
+/// Returns the first number in `value` whose magnitude is not below
+/// [`MAX_METADATA_NUMBER`].
+fn huge_number(value: &Value) -> Option<&serde_json::Number> {
+    match value {
+        Value::Number(number) => number
+            .as_f64()
+            .is_some_and(|float| float.abs() >= MAX_METADATA_NUMBER)
+            .then_some(number),
+        Value::Array(items) => items.iter().find_map(huge_number),
+        Value::Object(object) => object.values().find_map(huge_number),
+        Value::Null | Value::Bool(_) | Value::String(_) => None,
     }
 }
 
@@ -480,5 +508,27 @@ mod tests {
                 assert!(!error.message.contains(internal), "{}", error.message);
             }
         }
+    }
+
+    #[test]
+    fn huge_metadata_number_is_rejected() {
+        for number in ["1.7976931348623157e308", "-1e308", "1e308"] {
+            let body = format!(
+                r#"{{"callback_url": "https://example.com/h", "attachments": [{{"uri": "https://example.com/a"}}], "metadata": {{"nested": [1, {{"v": {number}}}]}}}}"#
+            );
+            let error = rejected(serde_json::from_str(&body).unwrap());
+            assert_eq!(error.field.as_deref(), Some("metadata"), "{number}");
+            assert!(
+                error.message.contains("send it as a string"),
+                "{}",
+                error.message
+            );
+        }
+        let accepted = parse(serde_json::json!({
+            "callback_url": "https://example.com/h",
+            "attachments": [{"uri": "https://example.com/a"}],
+            "metadata": {"large": 9.9e307, "small": -9.9e307, "plain": [1, 2.5]},
+        }));
+        assert!(accepted.is_ok());
     }
 }
