@@ -96,14 +96,11 @@ async fn invalid_request_error_names_field() {
         );
     }
 
-    let count: i64 = deployment
-        .database()
-        .await
-        .query_one("SELECT count(*) FROM tasks", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(count, 0, "no rejected request left a task behind");
+    assert_eq!(
+        deployment.row_count("tasks").await,
+        0,
+        "no rejected request left a task behind"
+    );
     deployment.stop().await;
 }
 
@@ -235,13 +232,8 @@ async fn concurrent_retries_create_one_task() {
         "every request without a key is a task"
     );
 
-    let database = deployment.database().await;
-    let count = |sql: &'static str| {
-        let database = &database;
-        async move { database.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
-    };
-    assert_eq!(count("SELECT count(*) FROM tasks").await, 17);
-    assert_eq!(count("SELECT count(*) FROM attachments").await, 34);
+    assert_eq!(deployment.row_count("tasks").await, 17);
+    assert_eq!(deployment.row_count("attachments").await, 34);
     deployment.stop().await;
 }
 
@@ -489,14 +481,11 @@ async fn body_encoding_errors_name_header() {
             assert!(message.contains(fix), "{route:?}: {message}");
         }
     }
-    let count: i64 = deployment
-        .database()
-        .await
-        .query_one("SELECT count(*) FROM tasks", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(count, 0, "no rejected request left a task behind");
+    assert_eq!(
+        deployment.row_count("tasks").await,
+        0,
+        "no rejected request left a task behind"
+    );
     deployment.stop().await;
 }
 

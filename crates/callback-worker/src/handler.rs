@@ -336,7 +336,7 @@ fn transport_error(error: reqwest::Error) -> String {
     };
     let error = error.without_url();
     // The whole chain, because the innermost cause, such as "Connection
-    // refused", is the one that tells the customer what to fix.
+    // refused", names what the customer must fix.
     let mut message = format!("the request {kind}: {error}");
     let mut cause = std::error::Error::source(&error);
     while let Some(error) = cause {

@@ -308,6 +308,16 @@ impl Deployment {
         admin_client(url.as_str()).await
     }
 
+    /// Returns the number of rows in `table` of the deployment's database.
+    pub async fn row_count(&self, table: &str) -> i64 {
+        self.database()
+            .await
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .expect("the table exists")
+            .get(0)
+    }
+
     /// POSTs a task as this deployment's team.
     pub async fn submit(&self, body: &Value, idempotency_key: Option<&str>) -> (StatusCode, Value) {
         self.submit_raw(Some(&self.team.api_key), body.to_string(), idempotency_key)

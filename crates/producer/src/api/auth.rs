@@ -2,8 +2,8 @@
 //!
 //! The key is hashed and looked up by its hash. The key is never logged,
 //! and a failed lookup tells the client only that the key is not valid. A
-//! valid key's team is remembered for [`KEY_CACHE_TTL`], so a team's
-//! requests do not each read the database.
+//! valid key's team is cached for [`KEY_CACHE_TTL`], so a team's requests do
+//! not each query the database.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -95,7 +95,7 @@ impl KeyCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Team, Instant)>> {
         self.entries
             .lock()
-            .expect("no thread panics while it holds the key cache")
+            .expect("no thread panics while it has the key cache locked")
     }
 }
 

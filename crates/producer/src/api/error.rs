@@ -67,8 +67,8 @@ impl IntoResponse for ApiError {
         });
         let mut response = (self.status, Json(body)).into_response();
         if self.rejects_unread_body() {
-            // The server closes a connection whose body it did not read. The
-            // header tells the client not to reuse it for the next request.
+            // The server closes a connection whose body it did not read, so the
+            // header keeps the client from reusing it for the next request.
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -261,8 +261,8 @@ impl AppState {
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Inserts a batch of tasks in one statement. When PostgreSQL rejects that
-/// statement, nothing was written, and each task is inserted alone, so one
-/// bad task or a deadlock cannot fail the others.
+/// statement (a constraint, invalid data or a deadlock), nothing was
+/// written, and each task is inserted alone, so the others still succeed.
 async fn insert_batch(store: &Store, tasks: &[Arc<NewTask>]) -> Vec<Result<Inserted, StoreError>> {
     match store.insert_tasks(tasks).await {
         Ok(outcomes) => outcomes,
