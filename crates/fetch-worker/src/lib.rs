@@ -140,6 +140,7 @@ impl FetchWorkerConfig {
 pub struct FetchWorker {
     config: FetchWorkerConfig,
     store: Store,
+    attachments: LocalDirStore,
     admin: TcpListener,
 }
 
@@ -158,6 +159,18 @@ impl FetchWorker {
             config.job_deadline(),
             config.broker.broker_consumer_timeout,
         );
+        let attachments = LocalDirStore::open(config.store_dir.clone()).map_err(|error| {
+            anyhow::anyhow!(
+                "cannot create the attachment store at {} (ATTACHE_STORE_DIR, --store-dir): {error}",
+                config.store_dir.display()
+            )
+        })?;
+        if !attachments.stages_unnamed() {
+            tracing::info!(
+                store_dir = %config.store_dir.display(),
+                "the store's file system cannot create unnamed files; uploads use named temporary files"
+            );
+        }
         let store = Store::open(&config.database).await?;
         let admin =
             attache_telemetry::bind_listener(config.admin_addr, "ATTACHE_ADMIN_ADDR, --admin-addr")
@@ -165,6 +178,7 @@ impl FetchWorker {
         Ok(Self {
             config,
             store,
+            attachments,
             admin,
         })
     }
@@ -181,6 +195,7 @@ impl FetchWorker {
         let Self {
             config,
             store,
+            attachments,
             admin,
         } = self;
         let pinger = store.clone();
@@ -217,7 +232,7 @@ impl FetchWorker {
             .azure
             .enabled()
             .then(|| Arc::new(attache_azure::Azure::new(&config.azure, egress.clone())));
-        let attachment_store = Arc::new(LocalDirStore::new(config.store_dir.clone()));
+        let attachment_store = Arc::new(attachments);
         // Uploads older than the longest fetch are abandoned by a killed
         // worker; a running upload of another replica is younger.
         let sweeper = attachment_store.clone();

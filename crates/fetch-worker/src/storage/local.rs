@@ -1,10 +1,12 @@
 //! The attachment store in a local directory.
 //!
-//! An upload goes to a hidden temporary file beside its final path, is
-//! synced, then renamed over the final path, and the directory is synced, so
+//! An upload goes to a file without a name in its final directory, is
+//! synced, then linked under its final path, and the directory is synced, so
 //! a reader sees either no object or the whole object, also after a crash,
 //! and a committed object survives one. Commits into one directory at once
-//! share its syncs (see [`super::directory_sync`]).
+//! share its syncs (see [`super::directory_sync`]). Where the file system
+//! cannot create files without a name, an upload goes to a hidden temporary
+//! file instead, renamed over the final path at commit.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,20 +15,39 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::directory_sync::DirectorySyncs;
+use super::unnamed;
 use super::{AttachmentStore, Upload};
 
 /// Keeps objects as files under a root directory.
 pub struct LocalDirStore {
     root: PathBuf,
     syncs: Arc<DirectorySyncs>,
+    /// Whether uploads start as files without a name; see [`Staging`].
+    unnamed: bool,
 }
 
 impl LocalDirStore {
-    pub fn new(root: PathBuf) -> Self {
+    /// Opens the store at `root`, creating the directory if it is missing,
+    /// and finds out whether its file system can create files without a
+    /// name.
+    pub fn open(root: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&root)?;
+        let unnamed = unnamed::works_in(&root);
+        Ok(Self::with_staging(root, unnamed))
+    }
+
+    fn with_staging(root: PathBuf, unnamed: bool) -> Self {
         Self {
             root,
             syncs: Arc::default(),
+            unnamed,
         }
+    }
+
+    /// Whether uploads start as files without a name, which leave nothing
+    /// behind when a worker is killed.
+    pub fn stages_unnamed(&self) -> bool {
+        self.unnamed
     }
 
     /// Deletes temporary files older than `max_age`, which uploads of a
@@ -91,21 +112,42 @@ impl AttachmentStore for LocalDirStore {
             .parent()
             .expect("a joined key has a parent: the root")
             .to_owned();
-        let name = path
-            .file_name()
-            .expect("a checked key ends with a name")
-            .to_string_lossy();
-        let temporary = parent.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+        let staging = if self.unnamed {
+            Staging::Unnamed
+        } else {
+            Staging::Named(temporary_beside(&path))
+        };
         Ok(Box::new(LocalUpload {
             syncs: self.syncs.clone(),
             parent,
-            temporary,
+            staging,
             path,
             file: None,
             buffer: Vec::new(),
             committed: false,
         }))
     }
+}
+
+/// A hidden temporary name beside `path`, unique to one upload. The sweep
+/// recognises such names by their leading dot and `.tmp` ending.
+fn temporary_beside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .expect("a checked key ends with a name")
+        .to_string_lossy();
+    path.with_file_name(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()))
+}
+
+/// Where an upload's file is until its commit gives it the final name.
+#[derive(Clone)]
+enum Staging {
+    /// A file without a name in the final directory (`O_TMPFILE`), linked
+    /// under the final path at commit. This costs a file system operation
+    /// less than a rename, and the file vanishes with its worker.
+    Unnamed,
+    /// A hidden file beside the final path, renamed over it at commit.
+    Named(PathBuf),
 }
 
 /// Bytes an upload collects before it writes them to its file.
@@ -119,7 +161,7 @@ const BUFFER_BYTES: usize = 64 * 1024;
 struct LocalUpload {
     syncs: Arc<DirectorySyncs>,
     parent: PathBuf,
-    temporary: PathBuf,
+    staging: Staging,
     path: PathBuf,
     /// The temporary file, once created. It is `None` while a write runs.
     file: Option<std::fs::File>,
@@ -137,12 +179,12 @@ impl LocalUpload {
         let file = self.file.take();
         let buffer = std::mem::take(&mut self.buffer);
         let parent = self.parent.clone();
-        let temporary = self.temporary.clone();
+        let staging = self.staging.clone();
         let syncs = self.syncs.clone();
         let (file, mut buffer, result) = tokio::task::spawn_blocking(move || {
             let mut file = match file {
                 Some(file) => file,
-                None => match create(&syncs, &parent, &temporary) {
+                None => match create(&syncs, &parent, &staging) {
                     Ok(file) => file,
                     Err(error) => return (None, buffer, Err(error)),
                 },
@@ -159,15 +201,36 @@ impl LocalUpload {
     }
 }
 
-/// Creates the temporary file, and the missing directories above it, each
+/// Creates the upload's file, and the missing directories above it, each
 /// durable in its parent (see [`DirectorySyncs::create_dir_all`]).
 fn create(
     syncs: &DirectorySyncs,
     parent: &Path,
-    temporary: &Path,
+    staging: &Staging,
 ) -> std::io::Result<std::fs::File> {
     syncs.create_dir_all(parent)?;
-    std::fs::File::create(temporary)
+    match staging {
+        Staging::Unnamed => unnamed::create(parent),
+        Staging::Named(temporary) => std::fs::File::create(temporary),
+    }
+}
+
+/// Gives a synced file its final name, replacing any object there.
+fn publish(file: &std::fs::File, staging: &Staging, path: &Path) -> std::io::Result<()> {
+    match staging {
+        Staging::Named(temporary) => std::fs::rename(temporary, path),
+        Staging::Unnamed => match unnamed::link(file, path) {
+            // An earlier attempt committed this key. A link cannot replace
+            // a file, so the file takes a temporary name and a rename
+            // replaces the object whole.
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                let temporary = temporary_beside(path);
+                unnamed::link(file, &temporary)?;
+                std::fs::rename(&temporary, path).inspect_err(|_| remove_quietly(&temporary))
+            }
+            linked => linked,
+        },
+    }
 }
 
 #[async_trait]
@@ -183,14 +246,14 @@ impl Upload for LocalUpload {
 
     async fn commit(mut self: Box<Self>) -> std::io::Result<()> {
         let parent = self.parent.clone();
-        let temporary = self.temporary.clone();
+        let staging = self.staging.clone();
         let path = self.path.clone();
         let syncs = self.syncs.clone();
         self.with_file(move |file, buffer| {
             file.write_all(buffer)?;
             file.sync_all()?;
-            std::fs::rename(&temporary, &path)?;
-            // The rename is durable only once the directory is synced.
+            publish(file, &staging, &path)?;
+            // The new name is durable only once the directory is synced.
             syncs.sync_after_change(&parent)
         })
         .await?;
@@ -202,9 +265,10 @@ impl Upload for LocalUpload {
 impl Drop for LocalUpload {
     fn drop(&mut self) {
         // The file may exist even when `file` is `None`: a write cancelled
-        // while on a blocking thread has created it.
-        if !self.committed {
-            remove_quietly(&self.temporary);
+        // while on a blocking thread has created it. A file without a name
+        // is gone once closed.
+        if let (false, Staging::Named(temporary)) = (self.committed, &self.staging) {
+            remove_quietly(temporary);
         }
     }
 }
@@ -243,97 +307,141 @@ mod tests {
         paths
     }
 
-    #[tokio::test]
-    async fn committed_upload_appears_whole_under_its_key() {
+    /// A store of each staging, unnamed first, in a new directory each.
+    fn stores() -> Vec<(tempfile::TempDir, LocalDirStore)> {
+        [true, false]
+            .into_iter()
+            .map(|unnamed| {
+                let root = tempfile::tempdir().unwrap();
+                let store = LocalDirStore::with_staging(root.path().to_owned(), unnamed);
+                (root, store)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn opened_store_stages_unnamed_files_on_this_file_system() {
         let root = tempfile::tempdir().unwrap();
-        let store = LocalDirStore::new(root.path().to_owned());
-        let mut upload = store.begin("team/task/attachment").await.unwrap();
-        upload.write(b"hello ").await.unwrap();
+        let store = LocalDirStore::open(root.path().join("new/attachments")).unwrap();
+        // The tests' temporary directory is on a Linux file system that has
+        // O_TMPFILE, as the deployments' volumes are.
+        assert!(store.stages_unnamed());
         assert!(
             files_under(root.path()).is_empty(),
-            "a small write stays in the buffer"
+            "the probe leaves nothing"
         );
-        let large = vec![b'x'; BUFFER_BYTES];
-        upload.write(&large).await.unwrap();
-        assert_eq!(
-            files_under(root.path()).len(),
-            1,
-            "only the temporary file exists"
-        );
-        assert!(!root.path().join("team/task/attachment").exists());
-        upload.write(b"world").await.unwrap();
-        upload.commit().await.unwrap();
-        assert_eq!(files_under(root.path()), ["team/task/attachment"]);
-        let content = std::fs::read(root.path().join("team/task/attachment")).unwrap();
-        assert_eq!(content, [b"hello ".as_slice(), &large, b"world"].concat());
     }
 
     #[tokio::test]
-    async fn small_upload_is_written_at_commit() {
-        let root = tempfile::tempdir().unwrap();
-        let store = LocalDirStore::new(root.path().to_owned());
-        let mut upload = store.begin("team/task/small").await.unwrap();
-        upload.write(b"tiny").await.unwrap();
-        upload.commit().await.unwrap();
-        assert_eq!(files_under(root.path()), ["team/task/small"]);
-        let content = std::fs::read(root.path().join("team/task/small")).unwrap();
-        assert_eq!(content, b"tiny");
-    }
-
-    #[tokio::test]
-    async fn dropped_upload_leaves_nothing() {
-        let root = tempfile::tempdir().unwrap();
-        let store = LocalDirStore::new(root.path().to_owned());
-        for size in [7, BUFFER_BYTES + 1] {
-            let mut upload = store.begin("a/b").await.unwrap();
-            upload.write(&vec![b'p'; size]).await.unwrap();
-            drop(upload);
-            assert!(files_under(root.path()).is_empty(), "{size} bytes");
+    async fn committed_upload_appears_whole_under_its_key() {
+        for (root, store) in stores() {
+            let mut upload = store.begin("team/task/attachment").await.unwrap();
+            upload.write(b"hello ").await.unwrap();
+            assert!(
+                files_under(root.path()).is_empty(),
+                "a small write stays in the buffer"
+            );
+            let large = vec![b'x'; BUFFER_BYTES];
+            upload.write(&large).await.unwrap();
+            let visible = if store.stages_unnamed() { 0 } else { 1 };
+            assert_eq!(
+                files_under(root.path()).len(),
+                visible,
+                "at most the temporary file is visible"
+            );
+            assert!(!root.path().join("team/task/attachment").exists());
+            upload.write(b"world").await.unwrap();
+            upload.commit().await.unwrap();
+            assert_eq!(files_under(root.path()), ["team/task/attachment"]);
+            let content = std::fs::read(root.path().join("team/task/attachment")).unwrap();
+            assert_eq!(content, [b"hello ".as_slice(), &large, b"world"].concat());
         }
     }
 
     #[tokio::test]
-    async fn sweep_deletes_only_old_temporary_files() {
-        let root = tempfile::tempdir().unwrap();
-        let store = LocalDirStore::new(root.path().to_owned());
-        let mut committed = store.begin("t/a").await.unwrap();
-        committed.write(b"kept").await.unwrap();
-        committed.commit().await.unwrap();
-        let mut abandoned = store.begin("t/b").await.unwrap();
-        abandoned
-            .write(&vec![b'a'; BUFFER_BYTES + 1])
-            .await
-            .unwrap();
-        // A killed worker never drops its upload.
-        std::mem::forget(abandoned);
+    async fn small_upload_is_written_at_commit() {
+        for (root, store) in stores() {
+            let mut upload = store.begin("team/task/small").await.unwrap();
+            upload.write(b"tiny").await.unwrap();
+            upload.commit().await.unwrap();
+            assert_eq!(files_under(root.path()), ["team/task/small"]);
+            let content = std::fs::read(root.path().join("team/task/small")).unwrap();
+            assert_eq!(content, b"tiny");
+        }
+    }
 
-        assert_eq!(
-            store.sweep_abandoned(std::time::Duration::from_secs(3600)),
-            0
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        assert_eq!(
-            store.sweep_abandoned(std::time::Duration::from_millis(10)),
-            1
-        );
-        assert_eq!(files_under(root.path()), ["t/a"]);
+    #[tokio::test]
+    async fn second_commit_replaces_the_object() {
+        for (root, store) in stores() {
+            for (content, size) in [(b'1', 7), (b'2', BUFFER_BYTES + 1), (b'3', 5)] {
+                let mut upload = store.begin("team/task/again").await.unwrap();
+                upload.write(&vec![content; size]).await.unwrap();
+                upload.commit().await.unwrap();
+                assert_eq!(files_under(root.path()), ["team/task/again"]);
+                let stored = std::fs::read(root.path().join("team/task/again")).unwrap();
+                assert_eq!(stored, vec![content; size]);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn dropped_upload_leaves_nothing() {
+        for (root, store) in stores() {
+            for size in [7, BUFFER_BYTES + 1] {
+                let mut upload = store.begin("a/b").await.unwrap();
+                upload.write(&vec![b'p'; size]).await.unwrap();
+                drop(upload);
+                assert!(files_under(root.path()).is_empty(), "{size} bytes");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn upload_of_a_killed_worker_is_swept_or_never_named() {
+        for (root, store) in stores() {
+            let mut committed = store.begin("t/a").await.unwrap();
+            committed.write(b"kept").await.unwrap();
+            committed.commit().await.unwrap();
+            let mut abandoned = store.begin("t/b").await.unwrap();
+            abandoned
+                .write(&vec![b'a'; BUFFER_BYTES + 1])
+                .await
+                .unwrap();
+            // A killed worker never drops its upload.
+            std::mem::forget(abandoned);
+            if store.stages_unnamed() {
+                assert_eq!(files_under(root.path()), ["t/a"]);
+                continue;
+            }
+
+            assert_eq!(
+                store.sweep_abandoned(std::time::Duration::from_secs(3600)),
+                0
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert_eq!(
+                store.sweep_abandoned(std::time::Duration::from_millis(10)),
+                1
+            );
+            assert_eq!(files_under(root.path()), ["t/a"]);
+        }
     }
 
     #[tokio::test]
     async fn keys_that_leave_the_root_are_refused() {
-        let root = tempfile::tempdir().unwrap();
-        let store = LocalDirStore::new(root.path().to_owned());
-        for key in [
-            "",
-            "../x",
-            "a/../../x",
-            "/etc/passwd",
-            "a//b",
-            ".hidden",
-            "a/./b",
-        ] {
-            let refused = store.begin(key).await.err().map(|e| e.kind());
-            assert_eq!(refused, Some(std::io::ErrorKind::InvalidInput), "{key:?}");
+        for (_root, store) in stores() {
+            for key in [
+                "",
+                "../x",
+                "a/../../x",
+                "/etc/passwd",
+                "a//b",
+                ".hidden",
+                "a/./b",
+            ] {
+                let refused = store.begin(key).await.err().map(|e| e.kind());
+                assert_eq!(refused, Some(std::io::ErrorKind::InvalidInput), "{key:?}");
+            }
         }
     }
 }

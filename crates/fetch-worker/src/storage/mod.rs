@@ -7,6 +7,7 @@
 
 mod directory_sync;
 mod local;
+mod unnamed;
 
 use async_trait::async_trait;
 
