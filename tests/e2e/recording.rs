@@ -218,6 +218,52 @@ async fn batch_completes_task_once() {
     fixture.stop().await;
 }
 
+/// Metadata that the API now refuses can be stored by an older release or
+/// by hand. Reading it must neither panic nor hold up the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_metadata_is_sent_without_decoding() {
+    let fixture = Fixture::start().await;
+    let (task_id, ids) = fixture.task(1).await;
+    // The largest double in full: jsonb keeps all 309 digits, and serde_json
+    // overflows reading them as a number.
+    let huge = format!("17976931348623157{}", "0".repeat(292));
+    assert!(serde_json::from_str::<Value>(&huge).is_err());
+    let client = fixture.database.client().await;
+    client
+        .execute(
+            &format!("UPDATE tasks SET metadata = '{{\"huge\": {huge}}}' WHERE id = $1"),
+            &[&task_id.0],
+        )
+        .await
+        .unwrap();
+
+    let view = fixture
+        .store
+        .task_view(fixture.team.team_id, task_id)
+        .await
+        .unwrap()
+        .expect("the task exists");
+    assert_eq!(view.metadata.get(), format!("{{\"huge\": {huge}}}"));
+    let recorded = fixture.store.record_fetch(&stored(ids[0], 0, 10)).await;
+    assert_eq!(
+        recorded.unwrap(),
+        Recorded::TaskCompleted(TaskStatus::Succeeded)
+    );
+    let payload: String = client
+        .query_one(
+            "SELECT payload FROM callbacks WHERE task_id = $1",
+            &[&task_id.0],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        payload.contains(&format!("\"metadata\":{{\"huge\": {huge}}}")),
+        "{payload}"
+    );
+    fixture.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_keeps_task_pending() {
     let fixture = Fixture::start().await;

@@ -1,8 +1,8 @@
 //! One fetch job, in stages: decode the message, load the attachment, fetch
 //! it into the attachment store, classify the outcome, record it.
 //!
-//! A message carries one job or a group of one task's jobs, which run side
-//! by side. Fetches of every message share the worker's fetch slots, so the
+//! A message carries one job or a group of up to 16 jobs, of one task or
+//! several, which run side by side. Fetches of every message share the worker's fetch slots, so the
 //! number of open sources and uploads stays bounded whatever the groups hold.
 //! The message is acknowledged once all its jobs are recorded.
 //!

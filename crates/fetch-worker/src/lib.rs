@@ -64,7 +64,7 @@ pub struct FetchWorkerConfig {
     pub admin_addr: SocketAddr,
 
     /// Fetches in flight at once. Also the broker prefetch, in messages, and
-    /// a message carries one fetch or a group of one task's fetches.
+    /// a message carries one fetch or a group of up to 16.
     #[arg(long, env = "ATTACHE_FETCH_CONCURRENCY", default_value_t = 32)]
     pub fetch_concurrency: u16,
 

@@ -100,7 +100,7 @@ struct CallbackPayload<'a> {
 struct CallbackData<'a> {
     task_id: TaskId,
     status: TaskStatus,
-    metadata: &'a serde_json::Value,
+    metadata: &'a serde_json::value::RawValue,
     attachments: &'a [AttachmentView],
 }
 
@@ -417,7 +417,7 @@ async fn complete_tasks_if_done(
     let ids: Vec<uuid::Uuid> = task_ids.iter().map(|id| id.0).collect();
     let tasks = crate::cached::query(
         tx,
-        "SELECT id, callback_url, metadata FROM tasks
+        "SELECT id, callback_url, metadata::text AS metadata FROM tasks
              WHERE id = ANY($1) AND status = 'pending'
              ORDER BY id FOR UPDATE",
         &[&ids],
@@ -459,7 +459,7 @@ async fn complete_tasks_if_done(
         let status = TaskStatus::from_counts(succeeded, attachments.len() - succeeded);
         completed.insert(task_id, status);
         statuses.push(status.as_str());
-        callbacks.push(task_id, status, task, &attachments);
+        callbacks.push(task_id, status, task, &attachments)?;
     }
     if completed.is_empty() {
         return Ok(completed);
@@ -515,8 +515,8 @@ impl CallbackColumns {
         status: TaskStatus,
         task: &tokio_postgres::Row,
         attachments: &[AttachmentView],
-    ) {
-        let metadata: serde_json::Value = task.get("metadata");
+    ) -> Result<()> {
+        let metadata = crate::metadata_column(task)?;
         let payload = CallbackPayload {
             kind: "task.completed",
             timestamp: Utc::now(),
@@ -542,5 +542,6 @@ impl CallbackColumns {
             })
             .to_json(),
         );
+        Ok(())
     }
 }

@@ -234,6 +234,18 @@ fn parse_column<T: std::str::FromStr>(column: &'static str, value: &str) -> Resu
     })
 }
 
+/// Reads a task's metadata, selected as `metadata::text`, without decoding
+/// it. Every value PostgreSQL stores in a jsonb column prints as valid JSON,
+/// while decoding it could fail: serde_json cannot hold every number that
+/// jsonb can.
+fn metadata_column(row: &tokio_postgres::Row) -> Result<Box<serde_json::value::RawValue>> {
+    let text: String = row.get("metadata");
+    serde_json::value::RawValue::from_string(text).map_err(|error| StoreError::Corrupt {
+        column: "tasks.metadata",
+        value: error.to_string(),
+    })
+}
+
 /// Names a database URL's host, port and database, leaving out credentials.
 fn describe(database_url: &str) -> String {
     let Ok(config) = database_url.parse::<tokio_postgres::Config>() else {

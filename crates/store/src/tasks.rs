@@ -55,7 +55,8 @@ pub struct TaskView {
     pub task_id: TaskId,
     pub status: attache_domain::TaskStatus,
     pub callback_url: String,
-    pub metadata: serde_json::Value,
+    /// The metadata as stored, in PostgreSQL's JSON text.
+    pub metadata: Box<serde_json::value::RawValue>,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
     pub attachments: Vec<AttachmentView>,
@@ -137,7 +138,8 @@ impl Store {
         let client = self.pool.get().await?;
         let Some(task) = crate::cached::query_opt(
             &client,
-            "SELECT id, status, callback_url, metadata, created_at, completed_at
+            "SELECT id, status, callback_url, metadata::text AS metadata, created_at,
+                    completed_at
                  FROM tasks WHERE id = $1 AND team_id = $2",
             &[&task_id.0, &team_id.0],
         )
@@ -150,7 +152,7 @@ impl Store {
             task_id,
             status: parse_column("tasks.status", task.get("status"))?,
             callback_url: task.get("callback_url"),
-            metadata: task.get("metadata"),
+            metadata: crate::metadata_column(&task)?,
             created_at: task.get("created_at"),
             completed_at: task.get("completed_at"),
             attachments,

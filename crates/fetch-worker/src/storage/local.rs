@@ -307,7 +307,8 @@ mod tests {
         paths
     }
 
-    /// A store of each staging, unnamed first, in a new directory each.
+    /// Returns a store of each staging, unnamed first, each in a new
+    /// directory.
     fn stores() -> Vec<(tempfile::TempDir, LocalDirStore)> {
         [true, false]
             .into_iter()
@@ -320,7 +321,7 @@ mod tests {
     }
 
     #[test]
-    fn opened_store_stages_unnamed_files_on_this_file_system() {
+    fn open_finds_unnamed_files_work() {
         let root = tempfile::tempdir().unwrap();
         let store = LocalDirStore::open(root.path().join("new/attachments")).unwrap();
         // The tests' temporary directory is on a Linux file system that has

@@ -8,8 +8,8 @@
 
 use std::path::Path;
 
-/// Whether a file without a name can be created in `directory` and linked
-/// under a name there. Leaves nothing behind.
+/// Tells whether a file without a name can be created in `directory` and
+/// linked under a name there. Leaves nothing behind.
 pub fn works_in(directory: &Path) -> bool {
     let probe = directory.join(format!(".probe.{}.tmp", uuid::Uuid::new_v4().simple()));
     let linked = create(directory).and_then(|file| link(&file, &probe));

@@ -336,7 +336,7 @@ fn metadata(value: Option<&Value>, limits: &Limits) -> Result<Value, ApiError> {
                     "invalid_request",
                     field,
                     format!(
-                        "metadata contains the number {number}, which is not below {MAX_METADATA_NUMBER:e} in magnitude and cannot be read back once stored: send it as a string"
+                        "metadata contains the number {number}, which is not below {MAX_METADATA_NUMBER:e} in magnitude and which many JSON parsers cannot read back: send it as a string"
                     ),
                 ));
             }
@@ -352,7 +352,8 @@ fn metadata(value: Option<&Value>, limits: &Limits) -> Result<Value, ApiError> {
 
 /// The magnitude that numbers in metadata must stay below. PostgreSQL's
 /// jsonb keeps a number's exact decimal digits, and those of a value near
-/// the largest double overflow serde_json's parser when read back.
+/// the largest double overflow common JSON parsers, such as serde_json's,
+/// in the API's clients and the callbacks' receivers.
 const MAX_METADATA_NUMBER: f64 = 1e308;
 
 /// Returns the first number in `value` whose magnitude is not below
