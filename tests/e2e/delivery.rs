@@ -76,6 +76,15 @@ async fn one_file_task(deployment: &Deployment, receiver: &Receiver, source: &So
     accepted["task_id"].as_str().unwrap().to_owned()
 }
 
+/// Reads the callback delivery that the API shows for the task.
+async fn callback_of(deployment: &Deployment, task_id: &str) -> Value {
+    let (status, task) = deployment
+        .get(&format!("/v1/tasks/{task_id}"), &deployment.team.api_key)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{task}");
+    task["callback"].clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn standardwebhooks_rejects_a_tampered_callback() {
     let deployment = Deployment::start(Options::default()).await;
@@ -102,7 +111,7 @@ async fn callback_retry_keeps_webhook_id() {
         StatusCode::INTERNAL_SERVER_ERROR,
     ])
     .await;
-    one_file_task(&deployment, &receiver, &source).await;
+    let task_id = one_file_task(&deployment, &receiver, &source).await;
 
     let received = receiver.wait_for(3).await;
     assert_eq!(received[0].webhook_id, received[1].webhook_id);
@@ -144,6 +153,13 @@ async fn callback_retry_keeps_webhook_id() {
         .map(|row| row.get(0))
         .collect();
     assert_eq!(codes, [Some(503), Some(500), Some(204)]);
+
+    // The task's view shows the delivery.
+    let callback = callback_of(&deployment, &task_id).await;
+    assert_eq!(callback["status"], "delivered", "{callback}");
+    assert_eq!(callback["attempts"], 3);
+    assert_eq!(callback["last_status_code"], 204);
+    assert!(callback["delivered_at"].is_string(), "{callback}");
     deployment.stop().await;
 }
 
@@ -152,7 +168,7 @@ async fn callback_410_is_dead_without_retry() {
     let deployment = Deployment::start(Options::default()).await;
     let source = Source::start([("a.txt", SourceFile::new("a", "text/plain"))]).await;
     let receiver = Receiver::start([StatusCode::GONE]).await;
-    one_file_task(&deployment, &receiver, &source).await;
+    let task_id = one_file_task(&deployment, &receiver, &source).await;
 
     receiver.wait_for(1).await;
     let database = deployment.database().await;
@@ -171,6 +187,15 @@ async fn callback_410_is_dead_without_retry() {
     assert_eq!(row.get::<_, &str>(0), "dead");
     assert_eq!(row.get::<_, i32>(1), 1);
     assert!(row.get::<_, &str>(2).contains("410"));
+    let callback = callback_of(&deployment, &task_id).await;
+    assert_eq!(callback["status"], "dead", "{callback}");
+    assert_eq!(callback["attempts"], 1);
+    assert_eq!(callback["last_status_code"], 410);
+    assert!(
+        callback["last_error"].as_str().unwrap().contains("410"),
+        "{callback}"
+    );
+    assert_eq!(callback["delivered_at"], Value::Null);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.received().len(), 1, "no retry after 410");
     deployment.stop().await;

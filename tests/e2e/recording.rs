@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use attache_domain::{
-    AttachmentId, CallbackId, ErrorCode, FETCH_GROUP_SIZE, FetchGroupJob, FetchJob, JobMessage,
-    Provider, TaskId, TaskStatus,
+    AttachmentId, CallbackId, CallbackStatus, ErrorCode, FETCH_GROUP_SIZE, FetchGroupJob, FetchJob,
+    JobMessage, Provider, TaskId, TaskStatus,
 };
 use attache_producer::keys::TeamCredentials;
 use attache_store::Store;
@@ -215,6 +215,29 @@ async fn batch_completes_task_once() {
         .unwrap();
     assert_eq!(again, vec![Recorded::Stale, Recorded::Stale]);
     assert_eq!(task_state(&client, task_id).await.1.len(), 1);
+    fixture.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_view_shows_callback_once_completed() {
+    let fixture = Fixture::start().await;
+    let (task_id, ids) = fixture.task(1).await;
+    let team_id = fixture.team.team_id;
+    let pending = fixture.store.task_view(team_id, task_id).await.unwrap();
+    let pending = pending.expect("the task exists");
+    assert!(pending.callback.is_none(), "{:?}", pending.callback);
+
+    fixture
+        .store
+        .record_fetch(&failed(ids[0], 0))
+        .await
+        .unwrap();
+    let completed = fixture.store.task_view(team_id, task_id).await.unwrap();
+    let completed = completed.expect("the task exists");
+    let callback = completed.callback.expect("a completed task has a callback");
+    assert_eq!(callback.status, CallbackStatus::Pending);
+    assert_eq!(callback.attempts, 0);
+    assert_eq!(callback.delivered_at, None);
     fixture.stop().await;
 }
 

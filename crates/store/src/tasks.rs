@@ -49,7 +49,8 @@ pub enum Inserted {
     },
 }
 
-/// A task as shown by the API and sent in its callback.
+/// A task as shown by the API: the fields of its callback, and how the
+/// delivery of the callback goes.
 #[derive(Clone, Debug, Serialize)]
 pub struct TaskView {
     pub task_id: TaskId,
@@ -60,6 +61,20 @@ pub struct TaskView {
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
     pub attachments: Vec<AttachmentView>,
+    /// The latest callback, once the task has completed.
+    pub callback: Option<CallbackDelivery>,
+}
+
+/// The delivery of a task's callback so far.
+#[derive(Clone, Debug, Serialize)]
+pub struct CallbackDelivery {
+    pub status: attache_domain::CallbackStatus,
+    /// Requests sent, the first one included.
+    pub attempts: i32,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
 }
 
 /// One attachment's outcome, in submission order.
@@ -132,15 +147,26 @@ impl Store {
         Ok(tasks.into_iter().map(outcome).collect())
     }
 
-    /// Reads a task of `team_id` with its attachments. Returns `None` when the
-    /// task does not exist or belongs to another team.
+    /// Reads a task of `team_id` with its attachments and the delivery of
+    /// its callback. Returns `None` when the task does not exist or belongs
+    /// to another team.
     pub async fn task_view(&self, team_id: TeamId, task_id: TaskId) -> Result<Option<TaskView>> {
         let client = self.pool.get().await?;
+        // A replayed attachment completes its task again with a new
+        // callback, so the view shows the latest.
         let Some(task) = crate::cached::query_opt(
             &client,
-            "SELECT id, status, callback_url, metadata::text AS metadata, created_at,
-                    completed_at
-                 FROM tasks WHERE id = $1 AND team_id = $2",
+            "SELECT t.status, t.callback_url, t.metadata::text AS metadata, t.created_at,
+                    t.completed_at, c.status AS callback_status, c.attempts, c.last_status_code,
+                    c.last_error, c.last_attempt_at, c.delivered_at
+                 FROM tasks t
+                 LEFT JOIN LATERAL (
+                     SELECT status, attempts, last_status_code, last_error, last_attempt_at,
+                            delivered_at
+                     FROM callbacks WHERE task_id = t.id
+                     ORDER BY created_at DESC LIMIT 1
+                 ) c ON true
+                 WHERE t.id = $1 AND t.team_id = $2",
             &[&task_id.0, &team_id.0],
         )
         .await?
@@ -148,6 +174,17 @@ impl Store {
             return Ok(None);
         };
         let attachments = attachment_views(&client, task_id).await?;
+        let callback = match task.get::<_, Option<&str>>("callback_status") {
+            Some(status) => Some(CallbackDelivery {
+                status: parse_column("callbacks.status", status)?,
+                attempts: task.get("attempts"),
+                last_status_code: task.get("last_status_code"),
+                last_error: task.get("last_error"),
+                last_attempt_at: task.get("last_attempt_at"),
+                delivered_at: task.get("delivered_at"),
+            }),
+            None => None,
+        };
         Ok(Some(TaskView {
             task_id,
             status: parse_column("tasks.status", task.get("status"))?,
@@ -156,6 +193,7 @@ impl Store {
             created_at: task.get("created_at"),
             completed_at: task.get("completed_at"),
             attachments,
+            callback,
         }))
     }
 }
