@@ -226,6 +226,7 @@ async fn task_view_shows_callback_once_completed() {
     let pending = fixture.store.task_view(team_id, task_id).await.unwrap();
     let pending = pending.expect("the task exists");
     assert!(pending.callback.is_none(), "{:?}", pending.callback);
+    assert_eq!(pending.metadata.get(), r#"{"case":"recording"}"#);
 
     fixture
         .store

@@ -165,12 +165,6 @@ impl FetchWorker {
                 config.store_dir.display()
             )
         })?;
-        if !attachments.stages_unnamed() {
-            tracing::info!(
-                store_dir = %config.store_dir.display(),
-                "the store's file system cannot create unnamed files; uploads use named temporary files"
-            );
-        }
         let store = Store::open(&config.database).await?;
         let admin =
             attache_telemetry::bind_listener(config.admin_addr, "ATTACHE_ADMIN_ADDR, --admin-addr")

@@ -234,13 +234,18 @@ fn parse_column<T: std::str::FromStr>(column: &'static str, value: &str) -> Resu
     })
 }
 
-/// Reads a task's metadata, selected as `metadata::text`, without decoding
-/// it. Every value PostgreSQL stores in a jsonb column prints as valid JSON,
-/// while decoding it could fail: serde_json cannot hold every number that
-/// jsonb can.
+/// Reads a task's metadata, selected as `metadata::text`, as compact JSON
+/// with sorted keys. PostgreSQL prints numbers in full decimal, so `5e-324`
+/// takes 326 characters, and serde_json writes them short again. A number
+/// that serde_json cannot hold, such as one near the largest double, is
+/// sent as PostgreSQL printed it instead of failing the read.
 fn metadata_column(row: &tokio_postgres::Row) -> Result<Box<serde_json::value::RawValue>> {
     let text: String = row.get("metadata");
-    serde_json::value::RawValue::from_string(text).map_err(|error| StoreError::Corrupt {
+    let raw = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(value) => serde_json::value::to_raw_value(&value),
+        Err(_) => serde_json::value::RawValue::from_string(text),
+    };
+    raw.map_err(|error| StoreError::Corrupt {
         column: "tasks.metadata",
         value: error.to_string(),
     })

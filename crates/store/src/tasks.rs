@@ -56,7 +56,7 @@ pub struct TaskView {
     pub task_id: TaskId,
     pub status: attache_domain::TaskStatus,
     pub callback_url: String,
-    /// The metadata as stored, in PostgreSQL's JSON text.
+    /// The metadata as JSON text; see [`crate::metadata_column`].
     pub metadata: Box<serde_json::value::RawValue>,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,

@@ -39,7 +39,7 @@ impl Default for DirectorySyncs {
 
 impl DirectorySyncs {
     /// Creates the syncs with `sync` in place of `fsync` of the directory.
-    fn with_sync(sync: fn(&Path) -> std::io::Result<()>) -> Self {
+    pub(super) fn with_sync(sync: fn(&Path) -> std::io::Result<()>) -> Self {
         Self {
             directories: Mutex::default(),
             unsynced_entries: Mutex::default(),

@@ -27,25 +27,45 @@ pub struct LocalDirStore {
 }
 
 impl LocalDirStore {
-    /// Opens the store at `root`, creating the directory if it is missing,
-    /// and finds out whether its file system can create files without a
-    /// name.
+    /// Opens the store at `root`, creating the directory, durably, if it is
+    /// missing. Uploads start as files without a name where the file system
+    /// allows it, and as named temporary files where it does not. Fails when
+    /// no file can be created in `root`.
     pub fn open(root: PathBuf) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&root)?;
-        let unnamed = unnamed::works_in(&root);
-        Ok(Self::with_staging(root, unnamed))
+        let syncs = DirectorySyncs::default();
+        syncs.create_dir_all(&root)?;
+        let unnamed = match unnamed::probe(&root) {
+            Ok(()) => true,
+            Err(error) => {
+                // A directory that takes no file at all is a configuration
+                // error, reported by the caller.
+                probe_named(&root)?;
+                tracing::warn!(
+                    %error,
+                    store_dir = %root.display(),
+                    "cannot create unnamed files in the attachment store; uploads use named temporary files"
+                );
+                false
+            }
+        };
+        Ok(Self {
+            root,
+            syncs: Arc::new(syncs),
+            unnamed,
+        })
     }
 
-    fn with_staging(root: PathBuf, unnamed: bool) -> Self {
+    #[cfg(test)]
+    fn with_staging(root: PathBuf, unnamed: bool, syncs: DirectorySyncs) -> Self {
         Self {
             root,
-            syncs: Arc::default(),
+            syncs: Arc::new(syncs),
             unnamed,
         }
     }
 
-    /// Whether uploads start as files without a name, which leave nothing
-    /// behind when a worker is killed.
+    /// Tells whether uploads start as files without a name, which leave
+    /// nothing behind when a worker is killed.
     pub fn stages_unnamed(&self) -> bool {
         self.unnamed
     }
@@ -129,7 +149,14 @@ impl AttachmentStore for LocalDirStore {
     }
 }
 
-/// A hidden temporary name beside `path`, unique to one upload. The sweep
+/// Creates and deletes a named temporary file in `root`.
+fn probe_named(root: &Path) -> std::io::Result<()> {
+    let probe = temporary_beside(&root.join("probe"));
+    std::fs::File::create(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
+/// Returns a hidden temporary name beside `path`, unique to one upload. The sweep
 /// recognises such names by their leading dot and `.tmp` ending.
 fn temporary_beside(path: &Path) -> PathBuf {
     let name = path
@@ -139,7 +166,7 @@ fn temporary_beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()))
 }
 
-/// Where an upload's file is until its commit gives it the final name.
+/// The place of an upload's file until its commit gives it the final name.
 #[derive(Clone)]
 enum Staging {
     /// A file without a name in the final directory (`O_TMPFILE`), linked
@@ -310,14 +337,84 @@ mod tests {
     /// Returns a store of each staging, unnamed first, each in a new
     /// directory.
     fn stores() -> Vec<(tempfile::TempDir, LocalDirStore)> {
+        stores_syncing_with(|directory| std::fs::File::open(directory)?.sync_all())
+    }
+
+    /// Returns the stores of [`stores`], whose directory syncs call `sync`.
+    fn stores_syncing_with(
+        sync: fn(&Path) -> std::io::Result<()>,
+    ) -> Vec<(tempfile::TempDir, LocalDirStore)> {
         [true, false]
             .into_iter()
             .map(|unnamed| {
                 let root = tempfile::tempdir().unwrap();
-                let store = LocalDirStore::with_staging(root.path().to_owned(), unnamed);
+                let syncs = DirectorySyncs::with_sync(sync);
+                let store = LocalDirStore::with_staging(root.path().to_owned(), unnamed, syncs);
                 (root, store)
             })
             .collect()
+    }
+
+    /// Directory syncs of [`synced_directory_holds_the_object`], each with
+    /// the names the directory held when it was synced.
+    static SYNCED: std::sync::Mutex<Vec<(PathBuf, Vec<String>)>> =
+        std::sync::Mutex::new(Vec::new());
+
+    #[tokio::test]
+    async fn synced_directory_holds_the_object() {
+        fn record(directory: &Path) -> std::io::Result<()> {
+            let names = std::fs::read_dir(directory)?
+                .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
+                .collect::<std::io::Result<_>>()?;
+            SYNCED.lock().unwrap().push((directory.to_owned(), names));
+            std::fs::File::open(directory)?.sync_all()
+        }
+
+        for (root, store) in stores_syncing_with(record) {
+            let mut upload = store.begin("team/task/object").await.unwrap();
+            upload.write(b"synced").await.unwrap();
+            upload.commit().await.unwrap();
+
+            let synced = SYNCED.lock().unwrap().clone();
+            let directory = root.path().join("team/task");
+            let after_link = synced
+                .iter()
+                .any(|(synced, names)| *synced == directory && names == &["object"]);
+            assert!(after_link, "{synced:?}");
+            let task_entry = synced
+                .iter()
+                .any(|(synced, names)| synced == &root.path().join("team") && names == &["task"]);
+            assert!(task_entry, "{synced:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn upload_has_the_mode_of_a_created_file() {
+        use std::os::unix::fs::PermissionsExt;
+
+        for (root, store) in stores() {
+            let mut upload = store.begin("team/object").await.unwrap();
+            upload.write(b"mode").await.unwrap();
+            upload.commit().await.unwrap();
+            let created = root.path().join("team/created");
+            std::fs::File::create(&created).unwrap();
+
+            let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode();
+            assert_eq!(mode(&root.path().join("team/object")), mode(&created));
+        }
+    }
+
+    #[test]
+    fn open_fails_under_a_file() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("file");
+        std::fs::write(&file, b"not a directory").unwrap();
+
+        let error = LocalDirStore::open(file.join("attachments")).err();
+        assert_eq!(
+            error.map(|error| error.kind()),
+            Some(std::io::ErrorKind::NotADirectory)
+        );
     }
 
     #[test]

@@ -1,23 +1,20 @@
 //! Files created without a name (`O_TMPFILE`) and linked under one later.
 //!
 //! Linux creates such a file in a directory without an entry, so no other
-//! process sees it, and frees it when it is closed unlinked, also when its
-//! process is killed. A link through `/proc/self/fd` gives it a name. Other
-//! systems, and file systems without `O_TMPFILE`, report that it does not
-//! work, and the store uses named temporary files there.
+//! process can open it, and frees it when it is closed unlinked, also when
+//! its process is killed. A link through `/proc/self/fd` gives it a name.
+//! On other systems, and on file systems without `O_TMPFILE`, the probe
+//! fails and the store uses named temporary files.
 
 use std::path::Path;
 
-/// Tells whether a file without a name can be created in `directory` and
-/// linked under a name there. Leaves nothing behind.
-pub fn works_in(directory: &Path) -> bool {
+/// Creates a file without a name in `directory` and links it under a name
+/// there, then deletes it. Fails with the cause when either step fails.
+pub fn probe(directory: &Path) -> std::io::Result<()> {
     let probe = directory.join(format!(".probe.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let linked = create(directory).and_then(|file| link(&file, &probe));
-    if linked.is_ok() {
-        // The sweep deletes the probe later should this fail.
-        let _ = std::fs::remove_file(&probe);
-    }
-    linked.is_ok()
+    create(directory).and_then(|file| link(&file, &probe))?;
+    // Should this fail, the sweep deletes the probe later.
+    std::fs::remove_file(&probe)
 }
 
 /// Creates a file without a name in `directory`, open for writing.
@@ -38,16 +35,17 @@ pub fn link(file: &std::fs::File, path: &Path) -> std::io::Result<()> {
     use rustix::fs::{AtFlags, CWD};
     use std::os::fd::AsRawFd;
 
-    // Linking the descriptor itself needs a capability; following its
-    // `/proc` entry needs none.
+    // Linking the descriptor itself needs a capability, while following
+    // its `/proc` entry needs none.
     let source = format!("/proc/self/fd/{}", file.as_raw_fd());
-    Ok(rustix::fs::linkat(
-        CWD,
-        source.as_str(),
-        CWD,
-        path,
-        AtFlags::SYMLINK_FOLLOW,
-    )?)
+    rustix::fs::linkat(CWD, source.as_str(), CWD, path, AtFlags::SYMLINK_FOLLOW).map_err(|error| {
+        let error = std::io::Error::from(error);
+        let message = format!(
+            "cannot link the upload as {} through {source}: {error}",
+            path.display()
+        );
+        std::io::Error::new(error.kind(), message)
+    })
 }
 
 #[cfg(not(target_os = "linux"))]
