@@ -14,6 +14,7 @@ use attache_producer::keys::TeamCredentials;
 use attache_store::Store;
 use attache_store::callbacks::{Claim, DeliveryAttempt, DeliveryResult};
 use attache_store::fetches::{FetchAttempt, FetchResult, Recorded};
+use attache_store::replay::ReplayFilter;
 use attache_store::tasks::{Inserted, NewAttachment, NewTask};
 use serde_json::{Value, json};
 
@@ -239,6 +240,93 @@ async fn task_view_shows_callback_once_completed() {
     assert_eq!(callback.status, CallbackStatus::Pending);
     assert_eq!(callback.attempts, 0);
     assert_eq!(callback.delivered_at, None);
+    fixture.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_view_follows_replays() {
+    let fixture = Fixture::start().await;
+    let (task_id, ids) = fixture.task(1).await;
+    let team_id = fixture.team.team_id;
+    let filter = ReplayFilter {
+        team_id: Some(team_id),
+        task_id: Some(task_id),
+        error_code: None,
+        since: None,
+        until: None,
+    };
+    let callback = || async {
+        let view = fixture.store.task_view(team_id, task_id).await.unwrap();
+        view.expect("the task exists").callback
+    };
+    fixture
+        .store
+        .record_fetch(&failed(ids[0], 0))
+        .await
+        .unwrap();
+    assert!(
+        callback().await.is_some(),
+        "a completed task has a callback"
+    );
+
+    // The endpoint responds with 410, and the callback is dead.
+    let client = fixture.database.client().await;
+    let row = client
+        .query_one("SELECT id FROM callbacks WHERE task_id = $1", &[&task_id.0])
+        .await
+        .unwrap();
+    let first = CallbackId(row.get(0));
+    let responded_410 = DeliveryAttempt {
+        status_code: Some(410),
+        ..delivery(
+            first,
+            0,
+            DeliveryResult::Dead {
+                error: "HTTP 410".to_owned(),
+            },
+        )
+    };
+    fixture
+        .store
+        .record_deliveries(&[responded_410])
+        .await
+        .unwrap();
+    let dead = callback().await.expect("the dead callback");
+    assert_eq!(dead.status, CallbackStatus::Dead);
+    assert_eq!(dead.attempts, 1);
+    assert_eq!(dead.last_status_code, Some(410));
+    assert!(dead.last_attempt_at.is_some());
+
+    // A replay of the callback starts its delivery afresh.
+    fixture.store.replay_callbacks(&filter).await.unwrap();
+    let replayed = callback().await.expect("the replayed callback");
+    assert_eq!(replayed.status, CallbackStatus::Pending);
+    assert_eq!(replayed.attempts, 0);
+    assert_eq!(replayed.last_status_code, None);
+    assert_eq!(replayed.last_error, None);
+    assert_eq!(replayed.last_attempt_at, None);
+    let delivered = delivery(first, 0, DeliveryResult::Delivered);
+    fixture.store.record_deliveries(&[delivered]).await.unwrap();
+    let delivered = callback().await.expect("the delivered callback");
+    assert_eq!(delivered.status, CallbackStatus::Delivered);
+
+    // A replay of the attachment reopens the task, which shows no callback
+    // until it completes again with a new one.
+    fixture.store.replay_attachments(&filter).await.unwrap();
+    assert!(callback().await.is_none());
+    let recorded = fixture.store.record_fetch(&stored(ids[0], 0, 10)).await;
+    assert_eq!(
+        recorded.unwrap(),
+        Recorded::TaskCompleted(TaskStatus::Succeeded)
+    );
+    let second = callback().await.expect("the new callback");
+    assert_eq!(
+        second.status,
+        CallbackStatus::Pending,
+        "the latest callback"
+    );
+    let (_, payloads) = task_state(&client, task_id).await;
+    assert_eq!(payloads.len(), 2);
     fixture.stop().await;
 }
 

@@ -89,8 +89,9 @@ impl Store {
         let rows = tx
             .query(
                 "UPDATE callbacks c
-                 SET status = 'pending', attempts = 0, last_error = NULL, lease_until = NULL,
-                     retry_window_start = now(), replays = c.replays + 1
+                 SET status = 'pending', attempts = 0, last_status_code = NULL, last_error = NULL,
+                     last_attempt_at = NULL, lease_until = NULL, retry_window_start = now(),
+                     replays = c.replays + 1
                  FROM tasks t
                  WHERE t.id = c.task_id AND c.status = 'dead'
                    AND ($1::uuid IS NULL OR t.team_id = $1)

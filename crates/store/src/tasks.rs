@@ -61,7 +61,8 @@ pub struct TaskView {
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
     pub attachments: Vec<AttachmentView>,
-    /// The latest callback, once the task has completed.
+    /// The latest callback, once the task has completed, and `None` while
+    /// it is pending, also after a replay reopened it.
     pub callback: Option<CallbackDelivery>,
 }
 
@@ -69,7 +70,8 @@ pub struct TaskView {
 #[derive(Clone, Debug, Serialize)]
 pub struct CallbackDelivery {
     pub status: attache_domain::CallbackStatus,
-    /// Requests sent, the first one included.
+    /// Attempts made since the callback was created or last replayed,
+    /// counting those that could not send a request.
     pub attempts: i32,
     pub last_status_code: Option<i32>,
     pub last_error: Option<String>,
@@ -164,7 +166,7 @@ impl Store {
                      SELECT status, attempts, last_status_code, last_error, last_attempt_at,
                             delivered_at
                      FROM callbacks WHERE task_id = t.id
-                     ORDER BY created_at DESC LIMIT 1
+                     ORDER BY created_at DESC, id DESC LIMIT 1
                  ) c ON true
                  WHERE t.id = $1 AND t.team_id = $2",
             &[&task_id.0, &team_id.0],
@@ -174,7 +176,11 @@ impl Store {
             return Ok(None);
         };
         let attachments = attachment_views(&client, task_id).await?;
-        let callback = match task.get::<_, Option<&str>>("callback_status") {
+        let status = parse_column("tasks.status", task.get("status"))?;
+        // A replayed attachment reopens its task, whose earlier callback no
+        // longer describes its result.
+        let latest = task.get::<_, Option<&str>>("callback_status");
+        let callback = match latest.filter(|_| status != attache_domain::TaskStatus::Pending) {
             Some(status) => Some(CallbackDelivery {
                 status: parse_column("callbacks.status", status)?,
                 attempts: task.get("attempts"),
@@ -187,7 +193,7 @@ impl Store {
         };
         Ok(Some(TaskView {
             task_id,
-            status: parse_column("tasks.status", task.get("status"))?,
+            status,
             callback_url: task.get("callback_url"),
             metadata: crate::metadata_column(&task)?,
             created_at: task.get("created_at"),
