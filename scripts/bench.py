@@ -3,8 +3,10 @@
 The run measures references first: the source's GET rate with wrk, the raw
 GET and POST latencies with `attache-bench probe`, a local-store write, and
 RabbitMQ's publish-plus-consume rate with `attache-bench broker`. Then it
-measures the fleet: throughput with 1, 2 and 4 fetch-workers, latency at a
-fixed task rate, and a fetch-worker's peak memory while it streams one large
+measures the fleet: throughput with 1, 2 and 4 fetch-workers, then two more
+rounds of the broker's rate followed by 1 fetch-worker. The median of the
+three ratios is held against the target. Then come latency at a fixed task
+rate, and a fetch-worker's peak memory while it streams one large
 attachment and while it runs many fetches at once. Last come the cloud
 phases against the stand-ins of `make demo`: the credential requests that a
 cold fetch-worker makes for many teams of each delegated provider (S3, Cloud
@@ -43,7 +45,7 @@ from attache_bench.cloud import CloudContext, stop_leftover_servers
 from attache_bench.context import Context
 from attache_bench.credentials import CredentialRun
 from attache_bench.memory import MemoryRun
-from attache_bench.phases import LatencyRun, References, ThroughputRun
+from attache_bench.phases import LatencyRun, References, Round, ThroughputRun
 from attache_bench.settings import FULL, SMOKE, Settings, size_text
 from attache_bench.tools import Helper, require_wrk
 from attache_demo import DemoError, infra
@@ -202,6 +204,7 @@ class Figures:
 
     references: References | None = None
     throughput: list[ThroughputRun] = field(default_factory=list)
+    rounds: list[Round] = field(default_factory=list)
     latency: LatencyRun | None = None
     memory: list[MemoryRun] = field(default_factory=list)
     credentials: list[CredentialRun] = field(default_factory=list)
@@ -240,6 +243,13 @@ def run_fleet_phases(
             run = phases.measure_throughput(ctx, workers, profile=workers == 1)
             say(f"  {run.steady_rate:,.0f} attachments/s steady, {run.seconds:.1f} s in all")
             figures.throughput.append(run)
+        figures.rounds.append(phases.Round(figures.references.broker, figures.throughput[0]))
+        for number in range(2, settings.throughput_rounds + 1):
+            say(f"throughput round {number} of {settings.throughput_rounds}: the broker, then 1 fetch-worker")
+            broker = phases.measure_broker(ctx)
+            run = phases.measure_throughput(ctx, 1, profile=False)
+            say(f"  {broker['rate']:,.0f} msg/s, then {run.steady_rate:,.0f} attachments/s steady")
+            figures.rounds.append(phases.Round(broker, run))
     if "latency" in args.only:
         say(f"latency at {settings.latency_rate:g} tasks/s for {settings.latency_seconds:g} s")
         figures.latency = phases.measure_latency(ctx)
@@ -315,6 +325,7 @@ def run_bench(
         fleet_settings=reported_settings((services if runs_fleet else cloud_services).env),
         references=figures.references,
         throughput=figures.throughput,
+        rounds=figures.rounds,
         latency=figures.latency,
         memory=figures.memory,
         credentials=figures.credentials,

@@ -77,36 +77,64 @@ def measure_references(ctx: Context) -> References:
         post_headers=headers,
         work_dir=ctx.run_dir,
     )
-    broker = run_report(
+    broker = measure_broker(ctx)
+    store_writes = measure_store_writes(ctx.store_dir, STORE_WRITE_FILES, settings.attachment_bytes)
+    return References(source_rate, source_latency, callback_latency, broker, store_writes)
+
+
+def measure_broker(ctx: Context) -> dict[str, Any]:
+    """Publish with confirms and consume as many messages as a run has attachments."""
+    settings = ctx.settings
+    return run_report(
         ctx.bench_binary,
         ["broker", f"--queue={ctx.queue_prefix}.reference", f"--messages={settings.attachments}"],
         ctx.tool_env,
         settings.phase_timeout,
     )
-    store_writes = measure_store_writes(ctx.store_dir, STORE_WRITE_FILES, settings.attachment_bytes)
-    return References(source_rate, source_latency, callback_latency, broker, store_writes)
 
 
 def measure_store_writes(store_dir: Path, files: int, size: int) -> StoreWrites:
     """Time files written as the local store writes an attachment: a new directory,
-    a temporary file, fsync, then a rename to the final name."""
+    synced into its parent, a file without a name in it, fsync, a link to the final
+    name, then a sync of the directory."""
     root = store_dir / "reference"
+    root.mkdir(parents=True)
     body = os.urandom(size)
     durations = []
     for index in range(files):
         started = time.perf_counter()
         directory = root / f"task-{index}"
-        directory.mkdir(parents=True)
-        temporary = directory / ".attachment.tmp"
-        with temporary.open("wb") as file:
-            file.write(body)
-            file.flush()
-            os.fsync(file.fileno())
-        temporary.rename(directory / "attachment")
+        directory.mkdir()
+        sync_directory(root)
+        directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        descriptor = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o666)
+        try:
+            os.write(descriptor, body)
+            os.fsync(descriptor)
+            # With a directory descriptor, CPython links with linkat, which
+            # can follow the /proc link; plain link() cannot.
+            os.link(
+                f"/proc/self/fd/{descriptor}",
+                "attachment",
+                dst_dir_fd=directory_fd,
+                follow_symlinks=True,
+            )
+            os.fsync(directory_fd)
+        finally:
+            os.close(descriptor)
+            os.close(directory_fd)
         durations.append((time.perf_counter() - started) * 1000)
     shutil.rmtree(root)
     durations.sort()
     return StoreWrites(files, size, nearest_rank(durations, 0.50), nearest_rank(durations, 0.99))
+
+
+def sync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def signed_probe(secret: str, attachments: int) -> tuple[bytes, dict[str, str]]:
@@ -212,6 +240,24 @@ def measure_throughput(ctx: Context, fetch_workers: int, profile: bool) -> Throu
         machine_busy=(busy_after - busy_before) / max(1, total_after - total_before),
         profile=profiled,
     )
+
+
+@dataclass
+class Round:
+    """A broker reference and the 1 fetch-worker run measured right after it."""
+
+    broker: dict[str, Any]
+    run: ThroughputRun
+
+    @property
+    def ratio(self) -> float:
+        return self.run.steady_rate / self.broker["rate"]
+
+
+def median_round(rounds: list[Round]) -> Round:
+    """Return the round of the median ratio, the lower one of two middle rounds."""
+    ordered = sorted(rounds, key=lambda each: each.ratio)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def first_callbacks(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
