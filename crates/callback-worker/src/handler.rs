@@ -256,7 +256,7 @@ impl CallbackHandler {
         };
         if sent.status_code == Some(410) {
             return DeliveryResult::Dead {
-                error: "the endpoint answered 410 Gone, which stops delivery of this callback"
+                error: "the endpoint answered HTTP 410 Gone, which stops delivery of this callback"
                     .to_owned(),
             };
         }

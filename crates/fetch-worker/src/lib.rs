@@ -161,7 +161,7 @@ impl FetchWorker {
         );
         let attachments = LocalDirStore::open(config.store_dir.clone()).map_err(|error| {
             anyhow::anyhow!(
-                "cannot create the attachment store at {} (ATTACHE_STORE_DIR, --store-dir): {error}",
+                "cannot use {} as the attachment store (ATTACHE_STORE_DIR, --store-dir): {error}: give a directory that this user can create files in",
                 config.store_dir.display()
             )
         })?;
