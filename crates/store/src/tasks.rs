@@ -56,7 +56,7 @@ pub struct TaskView {
     pub task_id: TaskId,
     pub status: attache_domain::TaskStatus,
     pub callback_url: String,
-    /// The metadata as JSON text; see [`crate::metadata_column`].
+    /// The metadata, as compact JSON text with sorted keys.
     pub metadata: Box<serde_json::value::RawValue>,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -177,12 +177,13 @@ impl Store {
         };
         let attachments = attachment_views(&client, task_id).await?;
         let status = parse_column("tasks.status", task.get("status"))?;
-        // A replayed attachment reopens its task, whose earlier callback no
-        // longer describes its result.
-        let latest = task.get::<_, Option<&str>>("callback_status");
-        let callback = match latest.filter(|_| status != attache_domain::TaskStatus::Pending) {
-            Some(status) => Some(CallbackDelivery {
-                status: parse_column("callbacks.status", status)?,
+        let callback_status: Option<&str> = task.get("callback_status");
+        let callback = match callback_status {
+            // A replayed attachment reopens its task, whose earlier callback
+            // no longer describes its result.
+            Some(_) if status == attache_domain::TaskStatus::Pending => None,
+            Some(callback_status) => Some(CallbackDelivery {
+                status: parse_column("callbacks.status", callback_status)?,
                 attempts: task.get("attempts"),
                 last_status_code: task.get("last_status_code"),
                 last_error: task.get("last_error"),

@@ -33,8 +33,13 @@ struct DirectoryState {
 
 impl Default for DirectorySyncs {
     fn default() -> Self {
-        Self::with_sync(|directory| std::fs::File::open(directory)?.sync_all())
+        Self::with_sync(fsync_directory)
     }
+}
+
+/// Syncs `directory` itself, which makes its entries durable.
+pub(super) fn fsync_directory(directory: &Path) -> std::io::Result<()> {
+    std::fs::File::open(directory)?.sync_all()
 }
 
 impl DirectorySyncs {

@@ -64,9 +64,9 @@ impl LocalDirStore {
         }
     }
 
-    /// Tells whether uploads start as files without a name, which leave
-    /// nothing behind when a worker is killed.
-    pub fn stages_unnamed(&self) -> bool {
+    /// Tells whether uploads start as files without a name.
+    #[cfg(test)]
+    fn stages_unnamed(&self) -> bool {
         self.unnamed
     }
 
@@ -170,8 +170,8 @@ fn temporary_beside(path: &Path) -> PathBuf {
 #[derive(Clone)]
 enum Staging {
     /// A file without a name in the final directory (`O_TMPFILE`), linked
-    /// under the final path at commit. This costs a file system operation
-    /// less than a rename, and the file vanishes with its worker.
+    /// under the final path at commit. This saves the temporary name and
+    /// the rename, and the file vanishes with its worker.
     Unnamed,
     /// A hidden file beside the final path, renamed over it at commit.
     Named(PathBuf),
@@ -184,7 +184,7 @@ const BUFFER_BYTES: usize = 64 * 1024;
 /// threads, and each hand-off to one costs two thread switches. So writes are
 /// collected up to [`BUFFER_BYTES`], the file is created by the first
 /// write, and an object smaller than the buffer is created, written, synced
-/// and renamed in a single hand-off at commit.
+/// and named in a single hand-off at commit.
 struct LocalUpload {
     syncs: Arc<DirectorySyncs>,
     parent: PathBuf,
@@ -310,6 +310,7 @@ fn remove_quietly(path: &Path) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::directory_sync::fsync_directory;
     use super::*;
 
     fn files_under(root: &Path) -> Vec<String> {
@@ -337,7 +338,7 @@ mod tests {
     /// Returns a store of each staging, unnamed first, each in a new
     /// directory.
     fn stores() -> Vec<(tempfile::TempDir, LocalDirStore)> {
-        stores_syncing_with(|directory| std::fs::File::open(directory)?.sync_all())
+        stores_syncing_with(fsync_directory)
     }
 
     /// Returns the stores of [`stores`], whose directory syncs call `sync`.
@@ -367,7 +368,7 @@ mod tests {
                 .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
                 .collect::<std::io::Result<_>>()?;
             SYNCED.lock().unwrap().push((directory.to_owned(), names));
-            std::fs::File::open(directory)?.sync_all()
+            fsync_directory(directory)
         }
 
         for (root, store) in stores_syncing_with(record) {
